@@ -1,0 +1,47 @@
+# Set-up for a fresh machine: `make demo` and `make test` create .venv when it is missing.
+#
+# Which PyTorch: with an NVIDIA driver present (nvidia-smi answers) the default PyPI build
+# (CUDA); otherwise torch==2.13.0, a CPU build where one is on local disk or the index.
+# Override:  make test TORCH='torch==2.14.1'   or   make demo TORCH=torch
+# Another interpreter:  make test PYTHON=python3.12
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
+ifeq ($(HAS_GPU),yes)
+TORCH ?= torch
+else
+TORCH ?= torch==2.13.0
+endif
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# pip here warns once per missing mirror folder; keep its real messages only.
+QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
+PIP := $(PY) -m pip --disable-pip-version-check -q
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install "$(TORCH)" $(QUIET)
+	$(PIP) install -e ".[distill,dev]" $(QUIET)
+	$(PY) -c "import torch, onnxruntime, runtime, distill"
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/toonify-fast distill demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m ""
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info
