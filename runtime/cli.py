@@ -10,11 +10,13 @@ not import torch or distill at import time (apps embed the runtime without PyTor
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from runtime.common import ToonifyError, console
+from runtime.images import MAX_PIXELS
 
 app = typer.Typer(
     help="Turn faces into cartoon characters in real time with an exported toonify-fast model.\n\n"
@@ -43,6 +45,101 @@ def distill(ctx: typer.Context) -> None:
             raise typer.Exit(2)
         raise
     distill_app(ctx.args, prog_name="toonify-fast distill", standalone_mode=True)
+
+
+@app.command()
+def convert(
+    images: Annotated[list[str], typer.Argument(
+        metavar="IMAGE", help="Images, folders (their images, sorted) or glob patterns such as 'shots/*.jpg'.",
+        show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Output file (one input) or folder. Default: IMAGE_toon.png beside each image.")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "-m", "--model", help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")] = None,
+    provider: Annotated[str, typer.Option(
+        help="ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), "
+             "tensorrt, cuda or cpu.")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Faces per model run, across images (default: 1 on CPU, 8 on a GPU).")] = None,
+    max_faces: Annotated[Optional[int], typer.Option(
+        min=1, help="Convert at most this many faces per image, largest first (default: all).")] = None,
+    crop: Annotated[bool, typer.Option(
+        "--crop", help="Write the aligned toon faces (IMAGE_toon_0.png, _1, ...) instead of the whole photo.")] = False,
+    no_align: Annotated[bool, typer.Option(
+        "--no-align", help="Each image is already an aligned face: resize it to the model resolution, "
+                           "convert, resize back.")] = False,
+    max_megapixels: Annotated[float, typer.Option(
+        min=0.001, help="Refuse images with more pixels than this (decompression bombs).")] = MAX_PIXELS / 1e6,
+) -> None:
+    """Toonify the faces in photos (`toonify-fast IMAGE...` is short for this).
+
+    Exit status: 0 when every image converted, 1 when some failed, 2 for bad usage.
+    """
+    from runtime.photos import ConvertConfig, convert_photos
+    cfg = ConvertConfig(inputs=tuple(images), output=output, model=model, provider=provider,
+                        batch_size=batch_size, max_faces=max_faces, crop=crop, align=not no_align,
+                        max_pixels=int(max_megapixels * 1e6))
+    s = convert_photos(cfg)
+    console.print(f"{'[green]done[/green]' if not s.failed else '[yellow]done[/yellow]'}: {s.converted} converted, "
+                  f"{s.failed} failed, {s.faces} face{'s' * (s.faces != 1)}, {s.seconds:.1f} s")
+    raise typer.Exit(1 if s.failed else 0)
+
+
+@app.command()
+def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx).", show_default=False)]) -> None:
+    """Print a model's metadata and the ONNX Runtime providers available here."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    from runtime.engine import LABELS, Toonifier, available_providers, read_model_info
+    meta = read_model_info(model).to_metadata()
+    table = Table(title=str(model), show_header=False)
+    for key, value in meta.items():
+        table.add_row(key, Text(value))
+    table.add_row("providers here", ", ".join(LABELS[p] for p in available_providers()))
+    toonifier = Toonifier(model, "auto")
+    why = toonifier.fallback_reason
+    table.add_row("auto runs on", Text(LABELS[toonifier.provider] + (f" ({why})" if why else "")))
+    Console(soft_wrap=True).print(table)
+
+
+@app.command()
+def video(
+    source: Annotated[Path, typer.Argument(
+        help="A video file (any format FFmpeg reads) or a folder of frames (converted in name order).",
+        show_default=False)],
+    output: Annotated[Optional[Path], typer.Option(
+        "-o", "--output", help="Output video (.mp4, .mkv, .mov, .webm: the extension picks the container) or "
+                               "folder. Default: SOURCE_toon.mp4, or the folder SOURCE_toon for frames.")] = None,
+    model: Annotated[Optional[Path], typer.Option(
+        "-m", "--model", help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")] = None,
+    provider: Annotated[str, typer.Option(
+        help="ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), "
+             "tensorrt, cuda or cpu.")] = "auto",
+    batch_size: Annotated[Optional[int], typer.Option(
+        min=1, help="Face crops per model run (default: 1 on CPU, 8 on a GPU).")] = None,
+    start: Annotated[Optional[float], typer.Option(min=0, help="Start this many seconds into the clip.")] = None,
+    end: Annotated[Optional[float], typer.Option(min=0, help="Stop this many seconds into the clip.")] = None,
+    max_frames: Annotated[Optional[int], typer.Option(min=1, help="Convert at most this many frames.")] = None,
+    crop: Annotated[bool, typer.Option(
+        "--crop", help="Write only the aligned toon face: a square video at the model resolution.")] = False,
+    live: Annotated[bool, typer.Option(
+        "--live", help="One causal pass with a One Euro filter on the crop (as a webcam needs) instead of "
+                       "two passes with a Gaussian over the whole clip.")] = False,
+    codec: Annotated[str, typer.Option(help="Video encoder (FFmpeg name).")] = "libx264",
+    crf: Annotated[int, typer.Option(
+        min=0, max=63, help="Constant rate factor for x264/x265/VPx/AV1: lower is better and bigger.")] = 18,
+    report: Annotated[Optional[Path], typer.Option(
+        help="Write a JSON report: faces per frame, crop jitter with and without smoothing, "
+             "face-region change of input and output.")] = None,
+) -> None:
+    """Toonify every face in a video or a folder of frames, keeping timing, frame count and audio."""
+    from runtime.photos import find_model
+    from runtime.video import VideoConfig, convert_video, default_output
+    convert_video(VideoConfig(source, output or default_output(source), find_model(model), provider=provider,
+                              batch_size=batch_size, start=start, end=end, max_frames=max_frames, crop=crop,
+                              live=live, codec=codec, crf=crf, report=report))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

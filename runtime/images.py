@@ -2,12 +2,142 @@
 conversions between the edge convention (HWC uint8 RGB) and the model convention
 (NCHW float32 in [-1, 1]).
 
+    rgb, alpha = read_image("photo.jpg")   # [H, W, 3] uint8 RGB upright, [H, W] uint8 or None
     x = hwc_to_nchw(np.stack(images))      # [N, H, W, 3] uint8 -> [N, 3, H, W] float32 in [-1, 1]
     images = nchw_to_hwc(y)                # and back, clipped and rounded
+    write_image("photo_toon.png", rgb, alpha)
 """
 from __future__ import annotations
 
+import io
+import os
+import warnings
+from pathlib import Path
+
 import numpy as np
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+from runtime.common import ToonifyError, atomic_path
+
+# Refuse decompression bombs: a small file can claim billions of pixels. 80 MP is more than any
+# camera photo; the caller can raise it.
+MAX_PIXELS = 80_000_000
+PIXELS_HINT = "downscale it, or raise the limit (--max-megapixels)"
+# 16-bit grayscale: Pillow opens 16-bit PNG and TIFF as I;16*, versions before 10 as I.
+SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+WITH_ALPHA = ("RGBA", "RGBa", "LA", "La", "PA")
+ALPHA_FORMATS = ("PNG", "WEBP", "TIFF")
+
+
+class ImageError(ToonifyError):
+    """An image that cannot be read or written: missing, not an image, truncated, too big, unwritable."""
+
+
+def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray | None]:
+    """Read a photo -> ([H, W, 3] uint8 sRGB, [H, W] uint8 alpha or None), turned upright per EXIF.
+
+    Any mode Pillow opens is converted properly: palette and grayscale to RGB, CMYK and embedded
+    ICC profiles to sRGB, 16-bit grayscale scaled (not clipped) to 8 bits; transparency becomes the
+    alpha channel. Raises ImageError naming the file when it is missing, not an image, truncated,
+    or larger than `max_pixels` (checked from the header, before decoding).
+    """
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():
+            # Our own limit below replaces Pillow's warning (it fires at 89 MP whatever we allow).
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                _check_pixels(path, *im.size, max_pixels)
+                im.load()
+                return _to_rgb(_upright(im))
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError("no such file", path) from None
+    except IsADirectoryError:
+        raise ImageError("is a folder, not an image", path) from None
+    except PermissionError:
+        raise ImageError("cannot read it: permission denied", path) from None
+    except Image.DecompressionBombError:
+        # Pillow refuses past twice its own limit before our check sees the size.
+        cap = 2 * Image.MAX_IMAGE_PIXELS
+        raise ImageError(f"more than {cap / 1e6:.0f} MP, over the limit of {min(max_pixels or cap, cap) / 1e6:g} MP",
+                         path, hint=PIXELS_HINT) from None
+    except UnidentifiedImageError:
+        raise ImageError("not an image (or in a format Pillow cannot read)", path,
+                         hint="use JPEG, PNG, WebP or BMP") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        raise ImageError(f"truncated or corrupt image ({e})", path) from None
+
+
+def _check_pixels(path: Path, width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels and width * height > max_pixels:
+        raise ImageError(f"{width}x{height} is {width * height / 1e6:.0f} MP, over the limit of "
+                         f"{max_pixels / 1e6:g} MP", path, hint=PIXELS_HINT)
+
+
+def _upright(im: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(im)
+    except (ValueError, KeyError, TypeError, OSError):
+        return im    # an unreadable orientation tag: keep the pixels as stored rather than fail
+
+
+def _to_rgb(im: Image.Image) -> tuple[np.ndarray, np.ndarray | None]:
+    if im.mode in SIXTEEN_BIT:
+        # Pillow's convert("L") clips 16-bit values at 255 (a white image); scale 0..65535 instead.
+        gray = np.clip(np.rint(np.asarray(im, np.float32) / 257), 0, 255).astype(np.uint8)
+        return np.ascontiguousarray(np.repeat(gray[..., None], 3, axis=2)), None
+    if im.mode == "P" or (im.mode in ("L", "RGB") and "transparency" in im.info):
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+    alpha = None
+    if im.mode in WITH_ALPHA:
+        im = im.convert("RGBA")
+        alpha = np.asarray(im.getchannel("A"))
+    im = _to_srgb(im)
+    return np.ascontiguousarray(np.asarray(im.convert("RGB"))), alpha
+
+
+def _to_srgb(im: Image.Image) -> Image.Image:
+    """Apply an embedded ICC profile (CMYK prints, wide-gamut phones); without one, Pillow's conversion."""
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "RGBA", "CMYK"):
+        return im
+    try:
+        return ImageCms.profileToProfile(im, ImageCms.ImageCmsProfile(io.BytesIO(icc)),
+                                         ImageCms.createProfile("sRGB"),
+                                         outputMode="RGBA" if im.mode == "RGBA" else "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return im    # a broken profile: the plain conversion is still a good picture
+
+
+def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, quality: int = 95) -> Path:
+    """Write [H, W, 3] uint8 RGB (+ [H, W] uint8 alpha where the format keeps it) atomically.
+
+    The format follows the extension (.png, .jpg, .webp, .bmp, ...); JPEG and BMP drop the alpha.
+    Raises ImageError naming the file for an unknown extension or an unwritable place.
+    """
+    path = Path(path)
+    fmt = Image.registered_extensions().get(path.suffix.lower())
+    if fmt is None or fmt not in Image.SAVE:
+        raise ImageError(f"unknown image format {path.suffix or '(no extension)'!r}", path,
+                         hint="use .png, .jpg, .webp or .bmp")
+    im = Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
+    if alpha is not None and fmt in ALPHA_FORMATS:
+        im.putalpha(Image.fromarray(np.ascontiguousarray(alpha, np.uint8)))
+    options = {"quality": quality} if fmt in ("JPEG", "WEBP") else {}
+    try:
+        with atomic_path(path) as tmp:
+            im.save(tmp, format=fmt, **options)
+    except OSError as e:
+        raise ImageError(f"cannot write it ({e.strerror or e})", path,
+                         hint="check that the folder exists and is writable, and the disk has space") from None
+    return path
+
+
+def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
+    """[H, W, C] uint8 -> [height, width, C] uint8, Lanczos (antialiased when shrinking)."""
+    return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.LANCZOS))
 
 
 def hwc_to_nchw(images: np.ndarray) -> np.ndarray:

@@ -1,0 +1,135 @@
+"""The whole pipeline on a tiny demo teacher, then `toonify-fast` on a photo: what `make demo` runs.
+
+    toonify-fast distill demo --out demo --model exports/demo.onnx
+
+The demo teacher is a randomly initialised StyleGAN2 at 64 px and its "toon" fine-tune is a
+perturbed copy: no pretrained weights exist on a fresh machine, and none are downloaded. It proves
+that every stage runs and connects (blend, pairs, train, eval, export, convert); its pictures are
+not cartoons. Both teacher files say so in their metadata.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from distill.blend import BlendConfig, blend_files
+from distill.checkpoint import save_generator
+from distill.evaluate import evaluate_student
+from distill.export import ExportConfig, bundled_portrait, export_student
+from distill.pairs import PairsConfig, generate_pairs, write_sample_grid
+from distill.stylegan2 import Generator
+from distill.train import TrainConfig, load_student, train
+from runtime.common import console, write_json_atomic
+from runtime.engine import Toonifier
+from runtime.images import read_image, write_image
+from runtime.photos import ConvertConfig, convert_photos
+
+DEMO_NOTE = "untrained demo teacher (random StyleGAN2 weights): proves the pipeline, not the look"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    out: Path = Path("demo")                  # every intermediate file, and the contact sheet
+    model: Path = Path("exports/demo.onnx")   # the exported student
+    image: Path | None = None                 # the photo to convert (default: a bundled portrait)
+    res: int = 64
+    pairs: int = 384
+    val_pairs: int = 16
+    steps: int = 600
+    seed: int = 0
+
+
+def demo_teachers(res: int, seed: int) -> tuple[Generator, Generator]:
+    """(base, toon): a random StyleGAN2 and a copy whose low-resolution blocks (shape) and colour
+    output moved, standing in for a fine-tune. Untrained: see the module docstring."""
+    torch.manual_seed(seed)
+    base = Generator(z_dim=64, c_dim=0, w_dim=64, img_resolution=res, img_channels=3,
+                     mapping_kwargs={"num_layers": 4},
+                     synthesis_kwargs={"channel_base": 4096, "channel_max": 64, "conv_clamp": 256})
+    toon = Generator(**base.init_kwargs)
+    toon.load_state_dict(base.state_dict())
+    with torch.no_grad():
+        for name, p in toon.named_parameters():
+            block = name.split(".")[1] if name.startswith("synthesis.") else ""
+            if block in ("b4", "b8", "b16") and name.endswith("weight"):
+                p.add_(0.5 * p.std() * torch.randn_like(p))
+            if name.endswith("torgb.bias"):
+                p.add_(torch.tensor([0.4, -0.1, -0.3]))   # a warmer palette, so the toon side is visible
+    return base.eval(), toon.eval()
+
+
+def _tiles(images: list[np.ndarray], size: int) -> np.ndarray:
+    return np.concatenate([np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.LANCZOS))
+                           for i in images], axis=1)
+
+
+def contact_sheet(val_dir: Path, model: Path, photo: Path, converted: Path, dest: Path, n: int = 6) -> Path:
+    """Rows: teacher real | teacher toon | student on the real, for n held-out pairs; then the photo
+    and its conversion side by side."""
+    names = sorted(p.name for p in (val_dir / "real").iterdir())[:n]
+    real = [read_image(val_dir / "real" / name)[0] for name in names]
+    toon = [read_image(val_dir / "toon" / name)[0] for name in names]
+    student = list(Toonifier(model, provider="cpu").run(np.stack(real)))
+    tile = 128
+    grid = np.concatenate([_tiles(real, tile), _tiles(toon, tile), _tiles(student, tile)], axis=0)
+    width = grid.shape[1]
+    before, after = read_image(photo)[0], read_image(converted)[0]
+    h = round(before.shape[0] * (width / 2) / before.shape[1])
+    pair = np.concatenate([np.asarray(Image.fromarray(i).resize((width // 2, h), Image.Resampling.LANCZOS))
+                           for i in (before, after)], axis=1)
+    sheet = np.concatenate([grid, np.full((8, width, 3), 255, np.uint8), pair], axis=0)
+    return write_image(dest, sheet)
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    """Run every stage into cfg.out; returns {stage: path} and writes it to cfg.out/demo.json."""
+    start, out = time.perf_counter(), cfg.out
+    console.print(f"[bold]toonify-fast demo[/bold]: {DEMO_NOTE}")
+    base, toon = demo_teachers(cfg.res, cfg.seed)
+    paths = {"base": out / "teacher" / "base.safetensors", "toon": out / "teacher" / "toon.safetensors",
+             "blended": out / "teacher" / "blended.safetensors", "grid": out / "teacher_grid.png",
+             "pairs": out / "pairs", "model": cfg.model, "eval": out / "eval.json"}
+    for G, key in ((base, "base"), (toon, "toon")):
+        save_generator(G, paths[key], {"note": DEMO_NOTE, "demo_seed": cfg.seed})
+
+    console.print("1/6 blend: low resolutions (<= 16 px) from the toon model, the rest from the base")
+    blend_files(paths["base"], paths["toon"], BlendConfig(swap_res=16), paths["blended"])
+    write_sample_grid([paths["base"], paths["toon"], paths["blended"]], list(range(8)), 0.7, paths["grid"], "cpu")
+
+    console.print(f"2/6 pairs: {cfg.pairs} training + {cfg.val_pairs} held-out at {cfg.res} px")
+    generate_pairs(PairsConfig(base=paths["base"], blended=paths["blended"], out=paths["pairs"], count=cfg.pairs,
+                               seed=cfg.seed, val_count=cfg.val_pairs, device="cpu"))
+
+    console.print(f"3/6 train: the lite student for {cfg.steps} steps (no VGG weights in the demo: GAN + L1)")
+    result = train(TrainConfig(pairs=paths["pairs"], out=out / "runs", preset="lite", res=cfg.res, steps=cfg.steps,
+                               batch_size=4, vgg=False, l1_weight=10.0, seed=cfg.seed, workers=0, device="cpu",
+                               sample_every=max(cfg.steps // 2, 1), checkpoint_every=cfg.steps))
+    student = result.run_dir / "student-ema.pt"
+
+    console.print("4/6 eval: PSNR/SSIM against the teacher on the held-out pairs")
+    model, meta = load_student(student)
+    report = evaluate_student(model, paths["pairs"] / "val", cfg.res)
+    write_json_atomic(paths["eval"], report)
+
+    console.print(f"5/6 export: {cfg.model}")
+    export_student(ExportConfig(student=student, output=cfg.model))
+
+    photo = cfg.image or bundled_portrait()
+    paths["converted"] = out / f"{photo.stem}_toon.png"
+    console.print(f"6/6 toonify-fast {photo} -o {paths['converted']}")
+    summary = convert_photos(ConvertConfig(inputs=(str(photo),), output=paths["converted"], model=cfg.model,
+                                           provider="cpu"))
+    if summary.failed:
+        raise RuntimeError(f"the demo could not convert {photo}: see the message above")
+    paths["contact_sheet"] = contact_sheet(paths["pairs"] / "val", cfg.model, photo, paths["converted"],
+                                           out / "contact_sheet.png")
+    paths["run"] = result.run_dir
+    manifest = {k: str(v) for k, v in paths.items()}
+    write_json_atomic(out / "demo.json", {**manifest, "seconds": round(time.perf_counter() - start, 1),
+                                          "eval": report, "note": DEMO_NOTE})
+    return manifest

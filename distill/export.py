@@ -1,0 +1,203 @@
+"""Export a trained student to a self-describing ONNX model, and optionally a Triton model repository.
+
+    toonify-fast distill export --student runs/00000-lite-256/student.pt -o exports/toonify.onnx --triton exports/triton
+
+The exported graph takes and returns [N, 3, H, W] float32 in [-1, 1] with dynamic N, H and W
+(multiples of the architecture's size multiple). Everything the runtime needs travels in the
+file's `metadata_props` (runtime.engine.ModelInfo), so apps never need torch or this package.
+The export is checked before it is written: onnx.checker, then ONNX Runtime against PyTorch on
+random inputs and on a real photo, at the training size and at a second size.
+"""
+from __future__ import annotations
+
+import datetime
+import importlib.util
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from PIL import Image
+
+import runtime
+from runtime.common import ToonifyError, console, write_bytes_atomic
+from runtime.engine import ModelInfo
+from runtime.images import hwc_to_nchw, read_image
+
+# Parity limits between ONNX Runtime and PyTorch, on outputs in [-1, 1].
+TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    student: Path                          # student weights written by `distill train` (student.pt)
+    output: Path                           # the .onnx file to write
+    fp16: bool = False                     # fp16 weights and arithmetic, float32 inputs and outputs
+    opset: int = 17
+    triton: Path | None = None             # write a Triton model repository here too
+    triton_name: str | None = None         # model name in that repository (default: the output's stem)
+    max_batch_size: int = 8                # Triton's max_batch_size
+    parity_images: tuple[Path, ...] = ()   # real photos for the parity check (default: a bundled portrait)
+
+
+class ExportError(ToonifyError):
+    pass
+
+
+def bundled_portrait() -> Path:
+    """A real, public-domain portrait shipped inside scikit-image (no download), for checks and the demo."""
+    spec = importlib.util.find_spec("skimage")
+    path = Path(spec.submodule_search_locations[0]) / "data" / "astronaut.png" if spec else None
+    if path is None or not path.is_file():
+        raise ExportError("scikit-image's bundled portrait (skimage/data/astronaut.png) is not installed",
+                          hint="pip install 'toonify-fast[distill]', or pass --parity-image PHOTO")
+    return path
+
+
+def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    axes = {0: "batch", 2: "height", 3: "width"}
+    # The TorchScript exporter: fast, and it keeps plain ONNX ops for every layer the students use.
+    # Its warnings (instance norm exported with input statistics, which is what eval mode computes
+    # too; constant folding of strided slices) are about choices that are right here.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": axes, "output": axes}, opset_version=opset, dynamo=False,
+                          do_constant_folding=True)
+
+
+def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+    # keep_io_types: callers keep feeding float32; the casts sit at the graph's edges. The first and
+    # last convolutions stay float32, as in mixed-precision training: they see the 8-bit photo and
+    # make the 8-bit result, and keeping them halves the error at little cost.
+    convs = [n.name for n in model.graph.node if n.op_type in ("Conv", "ConvTranspose")]
+    model = convert_float_to_float16(model, keep_io_types=True, node_block_list=[convs[0], convs[-1]])
+    _sort_topologically(model.graph)   # the converter appends its input casts after their consumers
+    return model
+
+
+def _sort_topologically(graph: onnx.GraphProto) -> None:
+    known = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        ready = [n for n in pending if all(i in known for i in n.input)]
+        if not ready:
+            raise ExportError(f"the fp16 graph has a cycle or a dangling input at node {pending[0].name}")
+        for node in ready:
+            known.update(node.output)
+        ordered += ready
+        pending = [n for n in pending if all(o not in known for o in n.output)]
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def _parity_inputs(cfg: ExportConfig, res: int, multiple: int) -> dict[str, np.ndarray]:
+    """Named input batches: random at the training size, random at another size, and real photos."""
+    rng = np.random.default_rng(0)
+    other = res + 2 * multiple if res <= 64 else res // 2
+    inputs = {f"random {res}x{res}": rng.uniform(-1, 1, (2, 3, res, res)).astype(np.float32),
+              f"random {other}x{res + multiple}": rng.uniform(-1, 1, (1, 3, other, res + multiple)).astype(np.float32)}
+    for path in cfg.parity_images or (bundled_portrait(),):
+        rgb, _ = read_image(path)
+        square = Image.fromarray(rgb).resize((res, res), Image.Resampling.LANCZOS)
+        inputs[f"photo {Path(path).name}"] = hwc_to_nchw(np.asarray(square))
+    return inputs
+
+
+def check_parity(onnx_bytes: bytes, model: torch.nn.Module, inputs: dict[str, np.ndarray],
+                 tolerance: float) -> dict[str, float]:
+    """Max abs difference between ONNX Runtime (CPU) and PyTorch per input; raises above `tolerance`."""
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
+    diffs = {}
+    for name, x in inputs.items():
+        with torch.no_grad():
+            expected = model(torch.from_numpy(x)).numpy()
+        got = session.run(["output"], {"input": x})[0]
+        diffs[name] = float(np.abs(got - expected).max())
+    worst = max(diffs, key=diffs.get)
+    if diffs[worst] > tolerance:
+        raise ExportError(f"ONNX Runtime disagrees with PyTorch on '{worst}': max abs diff "
+                          f"{diffs[worst]:.2e} > {tolerance:.0e}",
+                          hint="an op exported differently; try another --opset, or report it with the student file")
+    return diffs
+
+
+def triton_config(name: str, info: ModelInfo, max_batch_size: int) -> str:
+    """config.pbtxt for Triton's ONNX Runtime backend: dynamic batching, GPU instances, dims [3, -1, -1]."""
+    tensor = '  {{ name: "{}" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }}'
+    return "\n".join([
+        f'name: "{name}"',
+        'platform: "onnxruntime_onnx"',
+        f"max_batch_size: {max_batch_size}",
+        "input [", tensor.format(info.input_name), "]",
+        "output [", tensor.format(info.output_name), "]",
+        "dynamic_batching {",
+        f"  preferred_batch_size: [ {', '.join(str(b) for b in _batch_sizes(max_batch_size))} ]",
+        "  max_queue_delay_microseconds: 2000",
+        "}",
+        "instance_group [ { count: 1 kind: KIND_GPU } ]",
+        "",
+    ])
+
+
+def _batch_sizes(max_batch_size: int) -> list[int]:
+    sizes = [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= max_batch_size][-2:]
+    return sizes or [max_batch_size]
+
+
+def write_triton_repository(onnx_path: Path, repo: Path, name: str, info: ModelInfo, max_batch_size: int) -> Path:
+    """Write `repo/name/config.pbtxt` and `repo/name/1/model.onnx`; returns the model folder."""
+    folder = repo / name
+    write_bytes_atomic(folder / "1" / "model.onnx", onnx_path.read_bytes())
+    write_bytes_atomic(folder / "config.pbtxt", triton_config(name, info, max_batch_size).encode())
+    return folder
+
+
+def export_student(cfg: ExportConfig) -> dict:
+    """Export, check and write the student described by `cfg`; returns a report (paths, parity per input)."""
+    from distill.train import load_student
+    if cfg.output.suffix != ".onnx":
+        raise ExportError("the output must end in .onnx", path=cfg.output, exit_code=2)
+    model, meta = load_student(cfg.student)
+    model = model.eval().float()
+    res, multiple = int(meta["resolution"]), int(meta["size_multiple"])
+    precision = "fp16" if cfg.fp16 else "fp32"
+    info = ModelInfo(
+        input_name="input", output_name="output", resolution=res, size_multiple=multiple,
+        alignment=meta.get("alignment", "ffhq"), preset=str(meta.get("preset", "custom")),
+        teacher_base_sha256=meta.get("teacher_base_sha256", ""),
+        teacher_blended_sha256=meta.get("teacher_blended_sha256", ""),
+        exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        toonify_fast_version=runtime.__version__, precision=precision)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        graph_path = Path(tmp) / "student.onnx"
+        _export_graph(model, torch.zeros(1, 3, res, res), graph_path, cfg.opset)
+        graph = onnx.load(str(graph_path))
+    if cfg.fp16:
+        graph = _to_fp16(graph)
+    graph.doc_string = "toonify-fast student: photo face crop -> toon face crop"
+    del graph.metadata_props[:]
+    for key, value in info.to_metadata().items():
+        graph.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(graph, full_check=True)
+    data = graph.SerializeToString()
+
+    diffs = check_parity(data, model, _parity_inputs(cfg, res, multiple), TOLERANCE[precision])
+    for name, diff in diffs.items():
+        console.print(f"parity {precision} {name}: max abs diff {diff:.2e} (limit {TOLERANCE[precision]:.0e})")
+    write_bytes_atomic(cfg.output, data)
+    report = {"output": str(cfg.output), "precision": precision, "parity": diffs,
+              "bytes": len(data), "metadata": info.to_metadata()}
+    if cfg.triton is not None:
+        folder = write_triton_repository(cfg.output, cfg.triton, cfg.triton_name or cfg.output.stem,
+                                         info, cfg.max_batch_size)
+        report["triton"] = str(folder)
+    return report

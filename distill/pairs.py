@@ -1,0 +1,403 @@
+"""The same latents through several StyleGAN2 generators: sample grids to judge a blend, and the
+paired (real, toon) data set the student trains on.
+
+    toonify-fast distill pairs --base ffhq.pkl --blended blended.safetensors --count 50000 --res 512 -o pairs/
+
+Pair i depends only on (seed, i): its latent comes from a generator seeded with a hash of
+(seed, i) (EDM's per-sample generators), is mapped once by the base mapping network (with
+truncation), and the same w+ and the same noise go through the base and the blended synthesis.
+Batch size, sharding (`--shard k/n`, or torchrun's RANK / WORLD_SIZE: rank k takes the indices
+i % n == k) and resuming never change a pair. On CPU every pair goes through the networks alone:
+grouped convolutions make batches slower there, and a pair's pixels then cannot depend on its
+batch. On CUDA a batch goes through together; kernels picked by batch shape may then move a
+few pixels by one level between batch sizes.
+
+Layout of OUT (and of OUT/val/ for the held-out indices count .. count+val_count-1):
+    pairs.json           the set's settings and the teachers' sha256; a rerun must match it
+    real/000123.png      base teacher      toon/000123.png   blended teacher
+    latents/000123.npy   w+ [num_ws, w_dim] float32 (--save-latents)
+    manifest.jsonl       one line per pair, index order, written once the split is complete
+Every file is written atomically, so a file under its final name is complete and the files are
+the source of truth. While a run is going, each shard appends to its own manifest part
+(manifest-00000-of-00002.jsonl), rebuilt from the files when it resumes; concurrent shards thus
+never write the same file. The run that finds a split complete writes manifest.jsonl and drops
+the parts; entries depend only on (settings, i), so shards finishing together write the same file.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from distill.checkpoint import file_sha256, load_generator, read_metadata
+from distill.stylegan2 import Generator
+from runtime.common import ToonifyError, atomic_path, console, progress, write_bytes_atomic, write_json_atomic
+from runtime.images import nchw_to_hwc, resize, write_image
+
+# Settings a pair set is made with: a rerun into the same folder must repeat every one of them.
+SET_KEYS = ("base_sha256", "blended_sha256", "count", "val_count", "res", "psi", "seed", "noise", "format",
+            "style_mixing", "save_latents", "fp16")
+_PARTIAL = re.compile(r"^\.(\d+)\.partial-")   # atomic_path's temporary names for 000123.*
+
+
+class PairsError(ToonifyError):
+    """A pair set that cannot be made or resumed as asked."""
+
+
+@dataclass(frozen=True)
+class PairsConfig:
+    base: Path                       # the base (FFHQ) teacher: the 'real' images and the mapping network
+    blended: Path                    # the blended teacher: the 'toon' images
+    out: Path
+    count: int                       # training pairs: indices 0 .. count-1
+    res: int | None = None           # side of the written images; None = the teachers' resolution
+    psi: float = 0.7                 # truncation towards the base w_avg, all layers
+    seed: int = 0
+    noise: str = "const"             # const | random (drawn from (seed, i), the same for both) | none
+    format: str = "png"              # png | jpg (quality 95)
+    batch_size: int = 8              # pairs per forward pass on CUDA
+    shard: tuple[int, int] = (0, 1)  # (k, n): this process makes the indices i % n == k
+    device: str = "auto"
+    fp16: bool = False               # autocast to float16 (CUDA only)
+    val_count: int = 0               # held-out pairs in OUT/val: indices count .. count+val_count-1
+    save_latents: bool = False
+    style_mixing: float = 0.0        # probability that a pair's w+ switches to a second latent at a random layer
+
+    def __post_init__(self):
+        k, n = self.shard
+        checks = [(self.count >= 1, f"count must be at least 1, got {self.count}"),
+                  (self.val_count >= 0, f"val_count must be >= 0, got {self.val_count}"),
+                  (self.res is None or self.res >= 8, f"res must be at least 8 px, got {self.res}"),
+                  (self.noise in ("const", "random", "none"),
+                   f"noise must be const, random or none, got {self.noise!r}"),
+                  (self.format in ("png", "jpg"), f"format must be png or jpg, got {self.format!r}"),
+                  (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
+                  (n >= 1 and 0 <= k < n, f"shard must be k/n with 0 <= k < n, got {k}/{n}"),
+                  (0.0 <= self.style_mixing <= 1.0, f"style_mixing is a probability, got {self.style_mixing}"),
+                  (self.seed >= 0, f"seed must be >= 0, got {self.seed}")]
+        for ok, reason in checks:
+            if not ok:
+                raise PairsError(reason)
+
+
+@dataclass(frozen=True)
+class PairsSummary:
+    made: int
+    skipped: int                     # already present from an earlier run
+    seconds: float
+
+    @property
+    def pairs_per_s(self) -> float:
+        return self.made / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_device(spec: str) -> torch.device:
+    """'auto' -> cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu; or the device named."""
+    if spec == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ToonifyError(f"unknown device {spec!r}", hint="use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ToonifyError(f"device {spec} asked for, but no CUDA device is available",
+                           hint="use --device auto or cpu")
+    return device
+
+
+def resolve_shard(text: str | None, env: dict | None = None) -> tuple[int, int]:
+    """'k/n' -> (k, n); without it torchrun's (RANK, WORLD_SIZE), else (0, 1)."""
+    env = os.environ if env is None else env
+    rank, world = int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1))
+    if text is None:
+        return rank, world
+    if world > 1:
+        raise PairsError(f"--shard {text} given inside a torchrun job (WORLD_SIZE={world}): both split the work",
+                         hint="use --shard or torchrun, not both")
+    m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if not m or not int(m.group(1)) < int(m.group(2)):
+        raise PairsError(f"cannot read shard {text!r}", hint="write k/n with 0 <= k < n, e.g. --shard 0/4")
+    return int(m.group(1)), int(m.group(2))
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-7' -> [0..7], '1,5,9' -> [1, 5, 9], '0-3,10' -> [0, 1, 2, 3, 10]."""
+    seeds = []
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
+            raise ToonifyError(f"cannot read seeds {text!r} (at {part.strip()!r})",
+                               hint="write ranges and lists of non-negative integers: 0-7, 1,5,9 or 0-3,10")
+        seeds += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
+    return seeds
+
+
+def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
+    """[len(seeds), z_dim] float32: z = RandomState(seed).randn(z_dim), as NVlabs' generate.py draws them."""
+    return torch.from_numpy(np.stack([np.random.RandomState(s).randn(z_dim) for s in seeds])).float()
+
+
+def pair_seed(seed: int, index: int, stream: str) -> int:
+    """A 63-bit seed for pair `index` of the set `seed`; `stream` separates the latent from the noise."""
+    digest = hashlib.sha256(f"toonify-fast/{seed}/{index}/{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+
+
+def pair_latents(seed: int, index: int, z_dim: int, num_ws: int,
+                 style_mixing: float) -> tuple[torch.Tensor, torch.Tensor | None, int | None]:
+    """(z [z_dim], z2 [z_dim] or None, cutoff or None) for pair `index`, from its own CPU generator.
+
+    With style mixing, w+ layers cutoff.. come from z2 (cutoff in [1, num_ws)), with probability style_mixing.
+    """
+    g = torch.Generator().manual_seed(pair_seed(seed, index, "latent"))
+    z = torch.randn([z_dim], generator=g)
+    if style_mixing == 0:
+        return z, None, None
+    mix = torch.rand([], generator=g).item() < style_mixing
+    z2 = torch.randn([z_dim], generator=g)
+    cutoff = int(torch.randint(1, num_ws, [], generator=g))
+    return (z, z2, cutoff) if mix else (z, None, None)
+
+
+def _in_steps(fn: Callable[[slice], torch.Tensor], n: int, device: torch.device) -> torch.Tensor:
+    """fn over [0, n) one item at a time on CPU (faster there, and batch-independent), all at once elsewhere."""
+    step = 1 if device.type == "cpu" else n
+    return torch.cat([fn(slice(s, s + step)) for s in range(0, n, step)])
+
+
+@torch.inference_mode()
+def synthesize(G: Generator, ws: torch.Tensor, noise_mode: str = "const", noise_seeds: list[int] | None = None,
+               fp16: bool = False) -> torch.Tensor:
+    """ws [N, num_ws, w_dim] -> [N, 3, R, R] float32 in about [-1, 1], on ws.device.
+
+    With noise_mode='random', sample j's noise comes from a CPU generator seeded with noise_seeds[j],
+    so two networks given the same seeds get the same noise, on any device.
+    """
+    def run(s: slice) -> torch.Tensor:
+        gens = [torch.Generator().manual_seed(x) for x in noise_seeds[s]] if noise_mode == "random" else None
+        with torch.autocast(ws.device.type, dtype=torch.float16, enabled=fp16):
+            return G.synthesis(ws[s], noise_mode=noise_mode, generator=gens).float()
+    return _in_steps(run, len(ws), ws.device)
+
+
+@torch.inference_mode()
+def map_latents(G: Generator, z: torch.Tensor, psi: float) -> torch.Tensor:
+    """z [N, z_dim] -> w+ [N, num_ws, w_dim] with G's mapping, truncated towards its w_avg."""
+    return _in_steps(lambda s: G.mapping(z[s], None, truncation_psi=psi), len(z), z.device)
+
+
+def _check_same_latent_space(networks: list[Generator], names: list[str]) -> None:
+    first = networks[0]
+    for G, name in zip(networks[1:], names[1:]):
+        for attr in ("num_ws", "w_dim", "img_resolution"):
+            if getattr(G, attr) != getattr(first, attr):
+                raise PairsError(f"{attr} is {getattr(G, attr)} here and {getattr(first, attr)} in {names[0]}: "
+                                 "the same w+ cannot drive both", path=name,
+                                 hint="use networks of one architecture (a base and its blends or fine-tunes)")
+
+
+def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device: torch.device) -> np.ndarray:
+    """[rows*R, cols*R, 3] uint8: row r from networks[r], column c from seeds[c].
+
+    w comes from the FIRST network's mapping (truncated towards its w_avg); the same w+ goes into
+    every synthesis with its stored const noise, so the rows differ only by their synthesis weights
+    (and noise constants, which a blend takes from its base).
+    """
+    ws = map_latents(networks[0], seed_latents(seeds, networks[0].z_dim).to(device), psi)
+    rows = [nchw_to_hwc(synthesize(G, ws).cpu().numpy()) for G in networks]    # each [cols, R, R, 3]
+    return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+
+
+def write_sample_grid(paths: list[Path], seeds: list[int], psi: float, out: Path, device: str = "auto") -> Path:
+    """Load each network, render the grid (see sample_grid) and write it as a PNG, atomically."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise ToonifyError("the sample grid is written as PNG", path=out,
+                           hint=f"use -o {out.with_suffix('.png').name}")
+    dev = resolve_device(device)
+    networks = [load_generator(p, device=dev) for p in paths]
+    _check_same_latent_space(networks, [str(p) for p in paths])
+    grid = sample_grid(networks, seeds, psi, dev)
+    write_image(out, grid)
+    console.print(f"{len(paths)} x {len(seeds)} grid ({grid.shape[1]}x{grid.shape[0]} px) -> {out}")
+    return out
+
+
+def _files(split: Path, index: int, cfg: PairsConfig) -> dict[str, Path]:
+    stem = f"{index:06d}"
+    files = {"real": split / "real" / f"{stem}.{cfg.format}", "toon": split / "toon" / f"{stem}.{cfg.format}"}
+    if cfg.save_latents:
+        files["latent"] = split / "latents" / f"{stem}.npy"
+    return files
+
+
+def _complete(split: Path, index: int, cfg: PairsConfig) -> bool:
+    return all(p.is_file() for p in _files(split, index, cfg).values())
+
+
+def _entry(split: Path, index: int, cfg: PairsConfig, settings: dict, num_ws: int, z_dim: int) -> dict:
+    """The manifest line of pair `index`: a function of the settings and the index alone."""
+    entry = {"index": index, "seed": cfg.seed, "psi": cfg.psi,
+             **{k: p.relative_to(split).as_posix() for k, p in _files(split, index, cfg).items()},
+             "base_sha256": settings["base_sha256"], "blended_sha256": settings["blended_sha256"]}
+    if cfg.style_mixing:
+        entry["mix_cutoff"] = pair_latents(cfg.seed, index, z_dim, num_ws, cfg.style_mixing)[2]
+    return entry
+
+
+def _claim_folder(out: Path, settings: dict) -> None:
+    """Write pairs.json into a new folder, or check that an existing set was made with these settings."""
+    meta = out / "pairs.json"
+    if not meta.exists():
+        leftovers = [p.name for p in (out / "real", out / "toon", out / "val", out / "latents") if p.exists()]
+        leftovers += [p.name for p in out.glob("manifest*.jsonl")]
+        if leftovers:
+            raise PairsError(f"the folder holds {', '.join(sorted(leftovers))} but no pairs.json: it was not made by "
+                             "`distill pairs`", path=out, hint="choose a new output folder")
+        write_json_atomic(meta, settings)
+    # Read back even after writing: a concurrent shard with other settings may have won the race.
+    existing = json.loads(meta.read_text())
+    for key in SET_KEYS:
+        if existing.get(key) != settings[key]:
+            raise PairsError(f"this pair set was made with {key} = {existing.get(key)!r}; this run asks for "
+                             f"{settings[key]!r}", path=meta,
+                             hint="use a new output folder, or the same teachers and settings to complete this set")
+
+
+def _clean_partials(split: Path, mine: set[int], part: Path) -> int:
+    """Remove temporary files a killed run left for this shard's indices and manifest part
+    (other shards may be writing theirs)."""
+    leftovers = list(split.glob(f".{part.stem}.partial-*"))
+    for folder in (split / "real", split / "toon", split / "latents"):
+        leftovers += [p for p in folder.glob(".*.partial-*")
+                      if (m := _PARTIAL.match(p.name)) and int(m.group(1)) in mine]
+    for p in leftovers:
+        p.unlink(missing_ok=True)
+    return len(leftovers)
+
+
+def _write_latent(path: Path, w: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, w)
+
+
+def _split_complete(split: Path, indices: range, cfg: PairsConfig) -> bool:
+    return all(_complete(split, i, cfg) for i in indices)
+
+
+def _finish_split(split: Path, indices: range, entry: Callable[[int], dict], cfg: PairsConfig) -> bool:
+    """Once every pair of the split exists: write manifest.jsonl and drop the parts."""
+    if not _split_complete(split, indices, cfg):
+        return False
+    write_bytes_atomic(split / "manifest.jsonl", "".join(json.dumps(entry(i)) + "\n" for i in indices).encode())
+    for part in split.glob("manifest-*-of-*.jsonl"):
+        part.unlink(missing_ok=True)
+    return True
+
+
+def read_manifest(folder: str | Path) -> list[dict]:
+    """The entries of a complete pair set (or its val/ split), in index order."""
+    path = Path(folder) / "manifest.jsonl"
+    if not path.is_file():
+        raise PairsError("no manifest.jsonl: the pair set is missing or incomplete", path=folder,
+                         hint="rerun `toonify-fast distill pairs` with the same settings to complete it")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+@torch.inference_mode()
+def _render(base: Generator, blended: Generator, indices: list[int], cfg: PairsConfig,
+            device: torch.device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """w+ [N, num_ws, w_dim] and the real and toon images [N, R, R, 3] uint8 of pairs `indices`."""
+    latents = [pair_latents(cfg.seed, i, base.z_dim, base.num_ws, cfg.style_mixing) for i in indices]
+    ws = map_latents(base, torch.stack([z for z, _, _ in latents]).to(device), cfg.psi)
+    for j, (_, z2, cutoff) in enumerate(latents):
+        if z2 is not None:
+            ws[j, cutoff:] = map_latents(base, z2[None].to(device), cfg.psi)[0, cutoff:]
+    noise_seeds = [pair_seed(cfg.seed, i, "noise") for i in indices]
+    real = nchw_to_hwc(synthesize(base, ws, cfg.noise, noise_seeds, cfg.fp16).cpu().numpy())
+    toon = nchw_to_hwc(synthesize(blended, ws, cfg.noise, noise_seeds, cfg.fp16).cpu().numpy())
+    return ws, real, toon
+
+
+def _batches(items: list, size: int) -> Iterable[list]:
+    return (items[s:s + size] for s in range(0, len(items), size))
+
+
+def generate_pairs(cfg: PairsConfig) -> PairsSummary:
+    """Make (or complete) this shard's part of the pair set in cfg.out; see the module docstring."""
+    start = time.perf_counter()
+    device = resolve_device(cfg.device)
+    if cfg.fp16 and device.type != "cuda":
+        raise PairsError("--fp16 needs a CUDA device", hint="leave out --fp16 on CPU")
+    base, blended = load_generator(cfg.base, device=device), load_generator(cfg.blended, device=device)
+    _check_same_latent_space([base, blended], [str(cfg.base), str(cfg.blended)])
+    base_sd, blended_sd = base.state_dict(), blended.state_dict()
+    if cfg.noise == "const" and any(not torch.equal(v, blended_sd[k]) for k, v in base_sd.items()
+                                    if k.endswith(".noise_const")):
+        console.print("note: the blended model's noise constants differ from the base's (blended with "
+                      "--mapping toon?), so pairs differ in fine detail; --noise random gives both the same noise")
+    settings = {"base_sha256": file_sha256(cfg.base), "blended_sha256": file_sha256(cfg.blended),
+                "count": cfg.count, "val_count": cfg.val_count, "res": cfg.res or base.img_resolution,
+                "psi": cfg.psi, "seed": cfg.seed, "noise": cfg.noise, "format": cfg.format,
+                "style_mixing": cfg.style_mixing, "save_latents": cfg.save_latents, "fp16": cfg.fp16,
+                "base": Path(cfg.base).name, "blended": Path(cfg.blended).name,
+                "teacher_resolution": base.img_resolution, "num_ws": base.num_ws, "w_dim": base.w_dim}
+    blend = read_metadata(cfg.blended).get("blend") if Path(cfg.blended).suffix == ".safetensors" else None
+    if blend and blend["base"]["sha256"] != settings["base_sha256"]:
+        console.print(f"note: {Path(cfg.blended).name} was blended from {blend['base']['file']}, another file than "
+                      f"{Path(cfg.base).name}: pairs are only aligned if both hold the same base weights")
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    _claim_folder(cfg.out, settings)
+
+    k, n, res = *cfg.shard, settings["res"]
+    splits = [(cfg.out, range(0, cfg.count)), (cfg.out / "val", range(cfg.count, cfg.count + cfg.val_count))]
+    splits = [(split, indices) for split, indices in splits if len(indices)]
+    entry = {split: (lambda i, split=split: _entry(split, i, cfg, settings, base.num_ws, base.z_dim))
+             for split, _ in splits}
+    todo, skipped, parts = [], 0, {}
+    for split, indices in splits:
+        mine = [i for i in indices if i % n == k]
+        part = split / f"manifest-{k:05d}-of-{n:05d}.jsonl"
+        if _clean_partials(split, set(mine), part):
+            console.print(f"removed leftover partial files of an interrupted run in {split}")
+        done = [i for i in mine if _complete(split, i, cfg)]
+        skipped += len(done)
+        todo += [(split, i) for i in sorted(set(mine) - set(done))]
+        if not _split_complete(split, indices, cfg):
+            (split / "manifest.jsonl").unlink(missing_ok=True)   # it would list files that are gone
+        write_bytes_atomic(part, "".join(json.dumps(entry[split](i)) + "\n" for i in done).encode())
+        parts[split] = open(part, "a")
+    try:
+        with progress("pairs") as bar:
+            task = bar.add_task(f"pairs {k}/{n}" if n > 1 else "pairs", total=skipped + len(todo), completed=skipped)
+            for batch in _batches(todo, cfg.batch_size):
+                ws, real, toon = _render(base, blended, [i for _, i in batch], cfg, device)
+                for j, (split, i) in enumerate(batch):
+                    files = _files(split, i, cfg)
+                    if cfg.save_latents:
+                        _write_latent(files["latent"], ws[j].float().cpu().numpy())
+                    for side, images in (("real", real), ("toon", toon)):
+                        image = images[j] if res == base.img_resolution else resize(images[j], res, res)
+                        write_image(files[side], image)
+                    parts[split].write(json.dumps(entry[split](i)) + "\n")
+                    parts[split].flush()
+                    bar.advance(task)
+    finally:
+        for f in parts.values():
+            f.close()
+    complete = [_finish_split(split, indices, entry[split], cfg) for split, indices in splits]
+    summary = PairsSummary(made=len(todo), skipped=skipped, seconds=time.perf_counter() - start)
+    console.print(f"made {summary.made} pairs, skipped {summary.skipped} already present, {summary.seconds:.1f} s, "
+                  f"{summary.pairs_per_s:.2f} pairs/s -> {cfg.out}" + ("" if all(complete) else
+                  " (set not complete yet: other shards still to run)"))
+    return summary

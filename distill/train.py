@@ -1,0 +1,545 @@
+"""Train the pix2pixHD student on a pair folder: one visible loop, data parallel, exact resume.
+
+    toonify-fast distill train --pairs pairs/ --preset lite --res 256 --steps 20000 -o runs/
+    torchrun --nproc_per_node 2 -m distill.train --pairs pairs/ ...   # DDP: NCCL on GPUs, gloo on CPU
+
+A run lives in a numbered folder (runs/00003-lite-256/): config.json, log.txt, stats.jsonl,
+tensorboard/, samples/step-000500.png (rows: input | student (EMA) | teacher), the training
+state checkpoints/latest.pt, and apart from it the weights that export and eval load with
+load_student: student-ema.pt (the EMA generator, the one to export) and student.pt (the raw one).
+The data a step sees is a pure function of (seed, position in the sample stream), so a run
+resumed with --resume ends with the same weights as one never stopped; Ctrl-C (or SIGTERM)
+finishes the current step, saves the state and exits.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from distill.data import PairedDataset
+from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
+from distill.pairs import resolve_device
+from distill.translator import PRESETS, MultiscaleDiscriminator, StudentConfig, build_generator
+from runtime.common import ToonifyError, atomic_path, console, progress, write_json_atomic
+from runtime.images import nchw_to_hwc
+
+STUDENT_FORMAT = "toonify-fast-student"
+# Settings that change nothing a run computes: a resumed run may give other values for these.
+SESSION_FIELDS = ("out", "workers", "device", "log_every", "sample_every", "checkpoint_every")
+SAMPLES = 8   # held-out pairs shown in every sample grid
+
+
+class TrainError(ToonifyError):
+    pass
+
+
+class StudentFileError(ToonifyError):
+    pass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    pairs: Path                       # pair folder from `distill pairs` (its val/ split feeds the sample grids)
+    out: Path = Path("runs")          # runs are numbered folders in here
+    preset: str = "lite"              # a translator.PRESETS name
+    res: int = 256                    # training resolution (pairs are resized to it)
+    steps: int = 20000
+    batch_size: int = 1               # per process: the global batch is batch_size * world size
+    lr: float = 2e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    decay_start: float = 0.5          # fraction of the steps at constant LR, then linear decay to 0
+    gan: bool = True                  # adversarial + feature-matching terms (pix2pixHD)
+    gan_mode: str = "lsgan"           # lsgan | hinge
+    feat_weight: float = 40.0         # pix2pixHD's 10 on its 4x-weighted sum (losses.feature_matching_loss)
+    vgg: bool = True                  # VGG19 perceptual term: needs real ImageNet weights
+    vgg_weights: Path | None = None   # torchvision vgg19 state dict; default: the torch hub cache
+    vgg_weight: float = 10.0
+    l1_weight: float = 0.0            # plain L1 to the toon (not in pix2pixHD; handy without GAN)
+    ndf: int = 64                     # discriminator width
+    num_d: int = 2                    # discriminator scales
+    ema_decay: float = 0.999          # per step, ramped up from 0.9 over the first steps
+    grad_clip: float | None = None    # max global grad norm per network; None = no clipping
+    augment: bool = True              # flips, jitter and photo degradations (distill.data)
+    amp: bool = True                  # float16 autocast with loss scaling, on CUDA only
+    seed: int = 0
+    workers: int = 2                  # data-loading processes per training process
+    device: str = "auto"
+    log_every: int = 50               # steps between stats.jsonl lines
+    sample_every: int = 500           # steps between sample grids
+    checkpoint_every: int = 1000      # steps between checkpoints (and student files)
+
+    def __post_init__(self):
+        multiple = PRESETS[self.preset].size_multiple if self.preset in PRESETS else 1
+        checks = [(self.preset in PRESETS, f"unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}"),
+                  (self.res >= multiple and self.res % multiple == 0,
+                   f"res must be a positive multiple of {multiple} for the {self.preset} student, got {self.res}"),
+                  (self.steps >= 1 and self.batch_size >= 1, "steps and batch_size must be at least 1"),
+                  (0.0 <= self.decay_start <= 1.0, f"decay_start is a fraction of the steps, got {self.decay_start}"),
+                  (self.gan_mode in GAN_MODES, f"gan_mode must be one of {GAN_MODES}, got {self.gan_mode!r}"),
+                  (self.gan or self.vgg or self.l1_weight > 0,
+                   "every loss term is off (no GAN, no VGG, no L1): nothing to learn from"),
+                  (0.0 <= self.ema_decay < 1.0, f"ema_decay must lie in [0, 1), got {self.ema_decay}"),
+                  (min(self.log_every, self.sample_every, self.checkpoint_every) >= 1, "intervals must be >= 1")]
+        for ok, reason in checks:
+            if not ok:
+                raise TrainError(reason, hint="see `toonify-fast distill train --help`")
+
+    def to_json(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
+                for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, data: dict) -> TrainConfig:
+        data = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        for key in ("pairs", "out", "vgg_weights"):
+            data[key] = None if data.get(key) is None else Path(data[key])
+        return cls(**{**data, "betas": tuple(data["betas"])})
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run_dir: Path | None    # None on ranks other than 0, which write nothing
+    step: int               # steps completed
+    G: nn.Module            # the trained generator of this process
+    G_ema: nn.Module        # its moving average (the one exported)
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """cfg.lr up to decay_start * steps, then linear to 0 at cfg.steps (pix2pixHD's niter + niter_decay)."""
+    start = int(cfg.decay_start * cfg.steps)
+    return cfg.lr if step < start else cfg.lr * (cfg.steps - step) / (cfg.steps - start)
+
+
+class StepBatches(torch.utils.data.Sampler):
+    """One rank's batches of (epoch, index) keys for `count` steps from stream position `first`.
+
+    The sample stream visits the pairs epoch after epoch, each epoch in the order of a permutation
+    seeded by (seed, epoch). A step takes the next batch_size * world positions and rank r the
+    r-th of every `world`, so data depend only on positions: not on workers, stops or resumes,
+    and a global batch is the same for 2 ranks x 1 image as for 1 rank x 2.
+    """
+
+    def __init__(self, n: int, seed: int, batch_size: int, rank: int, world: int, first: int, count: int):
+        self.n, self.seed, self.batch_size, self.rank, self.world = n, seed, batch_size, rank, world
+        self.first, self.count = first, count
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def key(self, position: int) -> tuple[int, int]:
+        epoch, offset = divmod(position, self.n)
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.n))
+        return epoch, int(self._perm[1][offset])
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __iter__(self):
+        per_step = self.batch_size * self.world
+        for s in range(self.count):
+            start = self.first + s * per_step + self.rank
+            yield [self.key(p) for p in range(start, start + per_step, self.world)]
+
+
+class EpochItems(torch.utils.data.Dataset):
+    """PairedDataset indexed by (epoch, index), so every item's augmentation follows from its key."""
+
+    def __init__(self, dataset: PairedDataset):
+        self.dataset = dataset
+
+    def __getitem__(self, key: tuple[int, int]):
+        self.dataset.set_epoch(key[0])
+        return self.dataset[key[1]]
+
+
+def _generator_objective(cfg: TrainConfig, D: nn.Module | None, perceptual: PerceptualLoss | None,
+                         real: torch.Tensor, fake: torch.Tensor, toon: torch.Tensor):
+    """The student's loss and its parts (detached): pix2pixHD's terms that are on, plus L1."""
+    if D is not None:
+        total, parts = generator_loss(D, real, fake, toon, perceptual, cfg.gan_mode, cfg.feat_weight, cfg.vgg_weight)
+    else:
+        total, parts = fake.new_zeros(()), {}
+        if perceptual is not None:
+            parts["g_vgg"] = perceptual(fake, toon)
+            total = total + cfg.vgg_weight * parts["g_vgg"]
+            parts["g_vgg"] = parts["g_vgg"].detach()
+    if cfg.l1_weight > 0:
+        l1 = F.l1_loss(fake, toon)
+        total, parts["g_l1"] = total + cfg.l1_weight * l1, l1.detach()
+    parts["g_total"] = total.detach()
+    return total, parts
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, model: nn.Module, scaler: torch.amp.GradScaler,
+                    clip: float | None) -> None:
+    if clip is not None:
+        scaler.unscale_(opt)   # clip true gradients, not loss-scaled ones
+        nn.utils.clip_grad_norm_(model.parameters(), clip)
+    scaler.step(opt)
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters()):
+        e.lerp_(p, 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers()):
+        e.copy_(b)
+
+
+class StopRequest:
+    """SIGINT / SIGTERM ask the loop to stop after the current step; a second signal stops at once.
+
+    Handlers are installed only in the main thread (Python's rule) and restored on close().
+    """
+
+    def __init__(self):
+        self.asked, self._old = False, {}
+        if threading.current_thread() is threading.main_thread():
+            self._old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def _handle(self, signum, frame):
+        if self.asked:
+            raise KeyboardInterrupt
+        self.asked = True
+        console.print("stopping after this step and saving a checkpoint (signal again to stop at once)")
+
+    def agreed(self, device: torch.device) -> bool:
+        """Whether any rank was asked to stop: all ranks leave the loop after the same step."""
+        if not dist.is_initialized():
+            return self.asked
+        flag = torch.tensor([float(self.asked)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def close(self) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state(legacy=False)
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": {**np_state, "state": {**np_state["state"], "key": np_state["state"]["key"].tolist()}},
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {**np_state["state"],
+                                               "key": np.array(np_state["state"]["key"], np.uint32)}})
+    if state["cuda"]:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _gather(obj, world: int) -> list:
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def _new_run_dir(out: Path, cfg: TrainConfig) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
+    while True:   # another run may take the number between our look and our mkdir
+        run = out / f"{number:05d}-{cfg.preset}-{cfg.res}"
+        try:
+            run.mkdir()
+            return run
+        except FileExistsError:
+            number += 1
+
+
+def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
+    """The TrainConfig a run folder was started with (its config.json)."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise TrainError("no config.json: not a training run folder", run_dir,
+                         hint="pass a folder made by `distill train`, e.g. runs/00003-lite-256")
+    return TrainConfig.from_json(json.loads(path.read_text())["config"])
+
+
+def _teachers(pairs: Path) -> dict:
+    """The teachers' hashes from the pair set's pairs.json ('' when the folder was not made by `distill pairs`)."""
+    path = pairs / "pairs.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {}
+    return {"teacher_base_sha256": meta.get("base_sha256", ""), "teacher_blended_sha256": meta.get("blended_sha256", "")}
+
+
+def save_student(G: nn.Module, path: Path, meta: dict) -> None:
+    """Weights only + metadata, readable with torch.load(weights_only=True), written atomically."""
+    state = {k: v.detach().cpu() for k, v in G.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"format": STUDENT_FORMAT, "version": 1, "state_dict": state, "meta": meta}, tmp)
+
+
+def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
+    """A student file from `distill train` -> (generator in eval mode on CPU, metadata).
+
+    The generator maps [N, 3, H, W] in [-1, 1] to the same (H, W multiples of meta['size_multiple']).
+    Metadata: student_config, preset, resolution, size_multiple, step, ema, teacher_base_sha256,
+    teacher_blended_sha256. Tensors are checked key by key against the architecture.
+    """
+    path, hint = Path(path), "pass student-ema.pt (or student.pt) from a run folder made by `distill train`"
+    if not path.is_file():
+        raise StudentFileError("no such file", path, hint)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, zip errors... the reason is what matters
+        raise StudentFileError(f"cannot read it as a weights-only torch file ({str(e).splitlines()[0]})", path,
+                               hint) from None
+    if not isinstance(data, dict) or data.get("format") != STUDENT_FORMAT:
+        what = "training state (latest.pt), not student weights" if isinstance(data, dict) and "opt_G" in data \
+            else "not a toonify-fast student file"
+        raise StudentFileError(what, path, hint)
+    meta = data["meta"]
+    model = build_generator(StudentConfig(**meta["student_config"]))
+    expected, got = model.state_dict(), data["state_dict"]
+    for key, want in expected.items():
+        if key not in got or got[key].shape != want.shape:
+            found = "missing" if key not in got else f"shape {list(got[key].shape)}"
+            raise StudentFileError(f"tensor {key}: {found}, the architecture needs {list(want.shape)}", path, hint)
+    extra = sorted(set(got) - set(expected))
+    if extra:
+        raise StudentFileError(f"unexpected tensors for this architecture: {', '.join(extra[:5])}", path, hint)
+    model.load_state_dict(got)
+    return model.eval(), meta
+
+
+class RunLog:
+    """log.txt, stats.jsonl and TensorBoard scalars of one run (rank 0 only)."""
+
+    def __init__(self, run_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter
+        self.run_dir = run_dir
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def line(self, text: str) -> None:
+        console.print(text)
+        with open(self.run_dir / "log.txt", "a") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+
+    def stats(self, record: dict) -> None:
+        with open(self.run_dir / "stats.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        for key, value in record.items():
+            if key != "step":
+                self.tb.add_scalar(key, value, record["step"])
+        self.tb.flush()
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+@torch.no_grad()
+def write_samples(path: Path, G: nn.Module, real: torch.Tensor, toon: torch.Tensor) -> None:
+    """A grid with rows input | student | teacher, one column per pair; [N, 3, R, R] in [-1, 1] inputs."""
+    rows = [nchw_to_hwc(x.cpu().numpy()) for x in (real, G(real).float(), toon)]
+    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    with atomic_path(path) as tmp:
+        Image.fromarray(grid).save(tmp, format="PNG")
+
+
+def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: int | None = None) -> TrainResult:
+    """Train a student on cfg.pairs, or continue the run folder `resume` exactly where it stopped.
+
+    Under torchrun (WORLD_SIZE > 1) every process trains on its shard of each global batch
+    with DDP and only rank 0 writes. `stop_at` ends this session after that step with a
+    checkpoint (continue with `resume`). Raises MissingWeightsError before any work when the VGG
+    term is on and no weights are found; TrainError with exit code 130 after a stop by signal.
+    """
+    features = vgg_features("vgg19", cfg.vgg_weights) if cfg.vgg else None
+    state, run_dir = None, Path(resume) if resume is not None else None
+    if run_dir is not None:
+        saved = load_run_config(run_dir)
+        changed = [f.name for f in fields(cfg) if f.name not in SESSION_FIELDS
+                   and getattr(cfg, f.name) != getattr(saved, f.name)]
+        if changed:
+            raise TrainError(f"the run was started with other settings: {', '.join(changed)}", run_dir,
+                             hint="resume with the run's own settings (the CLI reads them from config.json)")
+        if not (run_dir / "checkpoints" / "latest.pt").is_file():
+            raise TrainError("no checkpoints/latest.pt to resume from", run_dir,
+                             hint="the run stopped before its first checkpoint: start it again")
+
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    device = resolve_device(cfg.device)
+    own_group = world > 1 and not dist.is_initialized()
+    if own_group:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = dist.get_rank() if world > 1 else 0
+    stopper, log, global_batch = StopRequest(), None, cfg.batch_size * world
+    try:
+        dataset = PairedDataset(cfg.pairs, cfg.res, augment=cfg.augment, seed=cfg.seed)
+        torch.manual_seed(cfg.seed)   # the same initial weights on every rank
+        G = build_generator(cfg.preset).to(device)
+        G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+        D = MultiscaleDiscriminator(ndf=cfg.ndf, num_D=cfg.num_d).to(device) if cfg.gan else None
+        perceptual = PerceptualLoss(features).to(device) if features is not None else None
+        # Fused Adam: one kernel for all parameters (CPU and CUDA), several times faster than the loop.
+        opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
+        opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True) if D is not None else None
+        amp = cfg.amp and device.type == "cuda"
+        scaler = torch.amp.GradScaler(device.type, enabled=amp)
+        start, seen = 0, 0
+        if run_dir is not None:
+            state = torch.load(run_dir / "checkpoints" / "latest.pt", map_location=device, weights_only=True)
+            for target, key in ((G, "G"), (G_ema, "G_ema"), (opt_G, "opt_G"), (D, "D"), (opt_D, "opt_D"),
+                                (scaler, "scaler")):
+                if target is not None:
+                    target.load_state_dict(state[key])
+            start, seen = state["step"], state["samples_seen"]
+        if state is not None and len(state["rng"]) == world:
+            _set_rng_state(state["rng"][rank])
+        else:
+            rank_seed = int(np.random.SeedSequence([cfg.seed, rank]).generate_state(1)[0])
+            torch.manual_seed(rank_seed), random.seed(rank_seed), np.random.seed(rank_seed)
+        # DDP registers the parameters that require grad when it wraps, so D is frozen only after.
+        G_train = DistributedDataParallel(G) if world > 1 else G
+        D_train = DistributedDataParallel(D) if world > 1 and D is not None else D
+        if D is not None:
+            D.requires_grad_(False)
+
+        stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
+        sampler = StepBatches(len(dataset), cfg.seed, cfg.batch_size, rank, world, seen, max(stop - start, 0))
+        batches = iter(torch.utils.data.DataLoader(EpochItems(dataset), batch_sampler=sampler,
+                                                   num_workers=cfg.workers, pin_memory=device.type == "cuda"))
+        student_cfg = PRESETS[cfg.preset]
+        if rank == 0:
+            run_dir = run_dir or _new_run_dir(Path(cfg.out), cfg)
+            log = RunLog(run_dir)
+            held_out = cfg.pairs / "val" if (cfg.pairs / "val" / "real").is_dir() else cfg.pairs
+            shown = PairedDataset(held_out, cfg.res, augment=False)
+            shown = [torch.stack(t).to(device) for t in zip(*(shown[i] for i in range(min(SAMPLES, len(shown)))))]
+            meta = {"student_config": asdict(student_cfg), "preset": cfg.preset, "resolution": cfg.res,
+                    "size_multiple": student_cfg.size_multiple, "run": run_dir.name, **_teachers(cfg.pairs)}
+            if state is None:
+                write_json_atomic(run_dir / "config.json", {
+                    "config": cfg.to_json(), "student": asdict(student_cfg), "world_size": world,
+                    "global_batch": global_batch, "device": str(device), "amp": amp, "pairs": len(dataset),
+                    "teachers": _teachers(cfg.pairs), "torch": torch.__version__})
+                write_samples(run_dir / "samples" / "step-000000.png", G_ema, *shown)
+            elif state["world_size"] != world:
+                log.line(f"note: resuming on {world} process(es), the run had {state['world_size']}: "
+                         f"the global batch is now {global_batch}")
+            log.line(f"{'resuming' if state else 'starting'} {run_dir} at step {start} of {cfg.steps}: "
+                     f"{len(dataset)} pairs, {cfg.preset} student "
+                     f"({sum(p.numel() for p in G.parameters()) / 1e6:.2f}M parameters) at {cfg.res} px, "
+                     f"{world} process(es) on {device}, global batch {global_batch}")
+
+        def checkpoint(done: int) -> None:
+            rng = _gather(_rng_state(), world)   # every rank's, so each resumes its own streams
+            if rank != 0:
+                return
+            training_state = {
+                "step": done, "samples_seen": seen + (done - start) * global_batch, "world_size": world,
+                "G": G.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
+                "D": D.state_dict() if D is not None else None,
+                "opt_D": opt_D.state_dict() if opt_D is not None else None,
+                "scaler": scaler.state_dict(), "rng": rng}
+            with atomic_path(run_dir / "checkpoints" / "latest.pt") as tmp:
+                torch.save(training_state, tmp)
+            save_student(G, run_dir / "student.pt", {**meta, "step": done, "ema": False})
+            save_student(G_ema, run_dir / "student-ema.pt", {**meta, "step": done, "ema": True})
+
+        done, sums, count, clock, began = start, {}, 0, time.perf_counter(), time.perf_counter()
+        bar = progress("steps") if rank == 0 else None
+        task = bar.add_task("training", total=cfg.steps, completed=start) if bar else None
+        if bar:
+            bar.start()
+        for step in range(start, stop):
+            real, toon = (t.to(device, non_blocking=True) for t in next(batches))
+            lr = learning_rate(cfg, step)
+            for opt in (opt_G, opt_D):
+                for group in opt.param_groups if opt is not None else ():
+                    group["lr"] = lr
+
+            # Generator: D (unwrapped and frozen) only passes gradients through to the student.
+            with torch.autocast(device.type, enabled=amp):
+                fake = G_train(real)
+                loss_G, parts = _generator_objective(cfg, D, perceptual, real, fake, toon)
+            opt_G.zero_grad(set_to_none=True)
+            scaler.scale(loss_G).backward()
+            _optimizer_step(opt_G, G, scaler, cfg.grad_clip)
+
+            # Discriminator: real pairs against the student's (detached) output.
+            if D is not None:
+                D.requires_grad_(True)
+                with torch.autocast(device.type, enabled=amp):
+                    loss_D, d_parts = discriminator_loss(D_train, real, fake, toon, cfg.gan_mode)
+                opt_D.zero_grad(set_to_none=True)
+                scaler.scale(loss_D).backward()
+                _optimizer_step(opt_D, D, scaler, cfg.grad_clip)
+                D.requires_grad_(False)
+                parts.update(d_parts)
+            scaler.update()
+            # Ramp the decay up so that early in a run the average is not dominated by the initial weights.
+            update_ema(G_ema, G, min(cfg.ema_decay, (1 + step) / (10 + step)))
+
+            done = step + 1
+            for key, value in parts.items():
+                sums[key] = sums.get(key, 0.0) + value.float()
+            count += 1
+            if done % cfg.log_every == 0 or done == stop:
+                keys = sorted(sums)
+                means = torch.stack([sums[k] for k in keys]) / count
+                if world > 1:
+                    dist.all_reduce(means)
+                    means /= world
+                now = time.perf_counter()
+                record = {"step": done, "lr": lr, "images_per_s": count * global_batch / (now - clock),
+                          **{f"loss/{k}": v for k, v in zip(keys, means.tolist())}}
+                if log:
+                    log.stats(record)
+                sums, count, clock = {}, 0, now
+            if log and (done % cfg.sample_every == 0 or done == stop):
+                write_samples(run_dir / "samples" / f"step-{done:06d}.png", G_ema, *shown)
+            if done % cfg.checkpoint_every == 0 and done < stop:
+                checkpoint(done)
+            if bar:
+                bar.advance(task)
+            if stopper.agreed(device):
+                break
+        if bar:
+            bar.stop()
+        checkpoint(done)
+        if log:
+            minutes = (time.perf_counter() - began) / 60
+            log.line(f"{'stopped' if done < cfg.steps else 'finished'} at step {done} of {cfg.steps} after "
+                     f"{minutes:.1f} min; run folder: {run_dir}")
+            log.line(f"  export: toonify-fast distill export --student {run_dir / 'student-ema.pt'} -o toonify.onnx"
+                     if done >= cfg.steps else f"  continue: toonify-fast distill train --resume {run_dir}")
+        if stopper.asked:
+            raise TrainError(f"stopped by a signal at step {done} of {cfg.steps}; the state is saved", run_dir,
+                             hint=f"continue with: toonify-fast distill train --resume {run_dir}", exit_code=130)
+        return TrainResult(run_dir if rank == 0 else None, done, G, G_ema)
+    finally:
+        stopper.close()
+        if log:
+            log.close()
+        if own_group:
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    from runtime.cli import main
+    main(["distill", "train", *sys.argv[1:]])

@@ -1,0 +1,333 @@
+"""Run an exported student with ONNX Runtime: the model's metadata, provider choice with an honest
+fallback, and batched HWC uint8 in, HWC uint8 out.
+
+    toons = Toonifier("exports/toonify.onnx", provider="auto").run(face_crops)   # [N, R, R, 3] uint8 RGB
+
+Everything the runtime needs to know about a model travels in the ONNX file's `metadata_props`
+(ModelInfo); nothing here imports torch or distill.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import io
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from rich.markup import escape
+
+from runtime.common import ToonifyError, console
+from runtime.images import hwc_to_nchw, nchw_to_hwc
+
+FORMAT = "1"
+FORMAT_KEY = "toonify_fast.format"
+PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProvider",
+             "cpu": "CPUExecutionProvider"}
+SHORT_NAMES = {v: k for k, v in PROVIDERS.items()}
+LABELS = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
+BUILD_HINT = "build one with `make demo` (writes exports/demo.onnx) or `toonify-fast distill export ...`"
+
+
+class ModelError(ToonifyError):
+    """The model file is missing, not ONNX, not a toonify-fast export, or not runnable here."""
+
+
+class EngineError(ToonifyError):
+    """Inputs the model cannot take (wrong dtype, shape, or a size that is not a multiple)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the runtime needs to know about an exported student; stored as string metadata_props."""
+    input_name: str
+    output_name: str
+    resolution: int                        # training resolution: face crops are resolution x resolution
+    size_multiple: int = 8                 # H and W of any input must be multiples of this
+    alignment: str = "ffhq"                # "ffhq": FFHQ-aligned face crops; "none": whole images
+    layout: str = "NCHW"
+    color: str = "RGB"
+    value_range: str = "-1,1"
+    normalisation: str = "x = u8 / 127.5 - 1"
+    preset: str = ""
+    teacher_base_sha256: str = ""
+    teacher_blended_sha256: str = ""
+    exported_at: str = ""                  # ISO 8601
+    toonify_fast_version: str = ""
+    precision: str = "fp32"                # "fp32" | "fp16"; inputs and outputs are float32 either way
+    format: str = FORMAT
+    extra: dict = field(default_factory=dict)   # any other metadata_props, kept as read
+
+    def to_metadata(self) -> dict[str, str]:
+        """The metadata_props to write into the ONNX file (all values strings)."""
+        meta = {(FORMAT_KEY if k == "format" else k): str(v) for k, v in asdict(self).items() if k != "extra"}
+        clash = sorted(set(meta) & set(self.extra))
+        if clash:
+            raise ValueError(f"extra metadata would overwrite {clash}")
+        return {**meta, **{str(k): str(v) for k, v in self.extra.items()}}
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], path: str | os.PathLike) -> "ModelInfo":
+        """Parse and check metadata_props; raises ModelError naming `path` when it is not ours or unsupported."""
+        if FORMAT_KEY not in meta:
+            raise ModelError(f"not a toonify-fast model (its metadata has no '{FORMAT_KEY}')", path,
+                             hint="models come from `toonify-fast distill export`, which writes the metadata the runtime needs")
+        if meta[FORMAT_KEY] != FORMAT:
+            raise ModelError(f"model format {meta[FORMAT_KEY]!r} is not supported (this runtime reads format {FORMAT})",
+                             path, hint="upgrade toonify-fast, or export the model with this version")
+        names = {f.name for f in fields(cls)} - {"format", "extra"}
+        missing = [n for n in ("input_name", "output_name", "resolution") if n not in meta]
+        if missing:
+            raise ModelError(f"the model's metadata lacks {', '.join(missing)}", path, hint="re-export the model")
+        known = {k: v for k, v in meta.items() if k in names}
+        try:
+            known["resolution"] = int(known["resolution"])
+            known["size_multiple"] = int(known.get("size_multiple", cls.size_multiple))
+        except ValueError as e:
+            raise ModelError(f"bad metadata: {e}", path, hint="re-export the model") from None
+        if known["resolution"] <= 0 or known["size_multiple"] <= 0 or known["resolution"] % known["size_multiple"]:
+            raise ModelError(f"bad metadata: resolution {known['resolution']} is not a positive multiple of "
+                             f"size_multiple {known['size_multiple']}", path, hint="re-export the model")
+        info = cls(**known, format=meta[FORMAT_KEY],
+                   extra={k: v for k, v in meta.items() if k not in names and k != FORMAT_KEY})
+        for key, value in {"layout": "NCHW", "color": "RGB", "value_range": "-1,1"}.items():
+            if getattr(info, key) != value:
+                raise ModelError(f"unsupported {key} {getattr(info, key)!r} (this runtime feeds {value})", path)
+        if info.alignment not in ("ffhq", "none"):
+            raise ModelError(f"unknown alignment {info.alignment!r} (expected 'ffhq' or 'none')", path)
+        return info
+
+
+def read_model_info(path: str | os.PathLike) -> ModelInfo:
+    """Read only a model's metadata (via `onnx` when installed, else an ONNX Runtime session)."""
+    return ModelInfo.from_metadata(_metadata_props(_existing_model(path)), path)
+
+
+def _existing_model(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError("no such model file" if not path.exists() else "not a file", path, hint=BUILD_HINT,
+                         exit_code=2)
+    return path
+
+
+def _metadata_props(path: Path) -> dict[str, str]:
+    try:
+        import onnx
+    except ImportError:
+        return _session(path, [PROVIDERS["cpu"]], _cpu_options(1)).get_modelmeta().custom_metadata_map
+    try:
+        # The weights are not needed; external data files (big models) are left unread.
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as e:
+        raise ModelError(f"not an ONNX model ({type(e).__name__}: {e})", path) from None
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def available_providers() -> list[str]:
+    """Short names ('tensorrt', 'cuda', 'cpu') of the providers this onnxruntime build lists."""
+    return [SHORT_NAMES[p] for p in ort.get_available_providers() if p in SHORT_NAMES]
+
+
+def provider_chain(provider: str) -> list[str]:
+    """Short provider names to try in order for `provider` ('auto', 'tensorrt', 'cuda' or 'cpu').
+
+    'auto' tries TensorRT only when TOONIFY_FAST_TENSORRT=1 (its engine build takes minutes on a
+    first run), then CUDA, then CPU. An unknown name is a usage error (exit code 2).
+    """
+    chains = {"tensorrt": ["tensorrt", "cuda", "cpu"], "cuda": ["cuda", "cpu"], "cpu": ["cpu"],
+              "auto": (["tensorrt"] if os.environ.get("TOONIFY_FAST_TENSORRT") == "1" else []) + ["cuda", "cpu"]}
+    if provider not in chains:
+        raise ToonifyError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(chains)}", exit_code=2)
+    return chains[provider]
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share one core's arithmetic units)."""
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        pairs, phys = set(), None
+        for line in lines:
+            key, _, value = line.partition(":")
+            if key.strip() == "physical id":
+                phys = value.strip()
+            elif key.strip() == "core id":
+                pairs.add((phys, value.strip()))
+        cores = len(pairs) or logical
+    except OSError:
+        cores = logical
+    return max(1, min(cores, logical))
+
+
+def _cpu_options(threads: int):
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One convolution at a time, each spread over every physical core: the student is a chain of
+    # big convolutions with no parallel branches worth an inter-op pool. On the 2-core development
+    # machine (idle), a 6-conv 256x256 net ran in 36 ms with 2 threads, 72 ms with 1, 47 ms with
+    # spinning off, 90 ms with ORT_PARALLEL.
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.enable_cpu_mem_arena = True
+    so.enable_mem_pattern = True
+    return so
+
+
+def _gpu_provider_options(name: str) -> dict:
+    if name == "cuda":
+        # EXHAUSTIVE benchmarks every cuDNN algorithm once per input shape (hence the warm-up);
+        # the max workspace lets cuDNN pick the fast tensor-core kernels.
+        return {"device_id": 0, "cudnn_conv_algo_search": "EXHAUSTIVE", "cudnn_conv_use_max_workspace": "1",
+                "do_copy_in_default_stream": "1", "arena_extend_strategy": "kSameAsRequested"}
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "toonify-fast" / "tensorrt"
+    cache.mkdir(parents=True, exist_ok=True)
+    # Engines take minutes to build; the cache makes every later start take seconds.
+    return {"device_id": 0, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache), "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache)}
+
+
+def _session(path: Path, providers: list, options):
+    try:
+        # enable_fallback=0: a provider that fails to start raises here, so we fall back ourselves
+        # keeping the options of the next provider (ORT's own fallback drops them and prints).
+        return ort.InferenceSession(str(path), options, providers=providers, enable_fallback=0)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelError(f"ONNX Runtime cannot load it: {first}", path) from None
+
+
+def _library_failure(name: str) -> str:
+    """Why a GPU provider's shared library does not load here (e.g. a CUDA library missing), or ''."""
+    stem = f"onnxruntime_providers_{name}"
+    lib = Path(ort.__file__).parent / "capi" / (f"{stem}.dll" if os.name == "nt" else f"lib{stem}.so")
+    try:
+        ctypes.CDLL(str(lib))
+    except OSError as e:
+        missing = str(e).split(": cannot open shared object file")
+        return f"libraries missing ({missing[0]} not found)" if len(missing) > 1 else f"libraries do not load ({e})"
+    return ""
+
+
+def _open_session(path: Path, chain: list[str], options) -> tuple[object, dict[str, str]]:
+    """A session on the first provider of `chain` that starts; returns it and why earlier ones did not."""
+    built = available_providers()
+    reasons = {n: "is not in this onnxruntime build (it needs onnxruntime-gpu)"
+               for n in chain if n not in built}
+    wanted = [n for n in chain if n not in reasons]
+    if wanted != ["cpu"] and hasattr(ort, "preload_dlls"):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ort.preload_dlls()    # CUDA and cuDNN from pip's nvidia-* wheels, when they are installed
+    # ORT logs a missing CUDA library as an error and quietly runs on CPU; we say it in one line instead.
+    ort.set_default_logger_severity(4)
+    try:
+        for i, name in enumerate(wanted):
+            providers = [(PROVIDERS[n], _gpu_provider_options(n)) for n in wanted[i:] if n != "cpu"]
+            try:
+                session = _session(path, providers + [PROVIDERS["cpu"]], options)
+                break
+            except ModelError as e:
+                if name == "cpu":
+                    raise
+                reasons[name] = _library_failure(name) or f"failed to start ({e.reason})"
+    finally:
+        ort.set_default_logger_severity(3)
+    got = SHORT_NAMES[session.get_providers()[0]]
+    for name in wanted[:wanted.index(got)]:
+        reasons.setdefault(name, _library_failure(name) or "found no usable GPU or driver")
+    return session, {n: reasons[n] for n in chain[:chain.index(got)]}
+
+
+class Toonifier:
+    """An ONNX Runtime session for one exported student.
+
+    provider: 'auto' | 'tensorrt' | 'cuda' | 'cpu'. When the session falls back to a slower provider
+    one console line says so and why; `.provider` is what the session really got.
+    threads: CPU intra-op threads (default: the physical cores). batch_size: images per session run
+    (default 1 on CPU, where bigger batches gain nothing, 8 on a GPU).
+    """
+
+    def __init__(self, model_path: str | os.PathLike, provider: str = "auto", threads: int | None = None,
+                 batch_size: int | None = None):
+        self.path = _existing_model(model_path)
+        chain = provider_chain(provider)
+        if provider == "auto":
+            # 'auto' means the best this build offers: only a provider that is built but fails is news.
+            chain = [n for n in chain if n in available_providers()]
+        self.session, self.fallbacks = _open_session(self.path, chain, _cpu_options(threads or physical_cores()))
+        self.provider = SHORT_NAMES[self.session.get_providers()[0]]
+        if self.fallbacks:
+            console.print(f"[yellow]note:[/yellow] running on {LABELS[self.provider]}, not {LABELS[chain[0]]}: "
+                          f"{escape(self.fallback_reason)}", soft_wrap=True)
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
+        self._check_io()
+        self.device = "cpu" if self.provider == "cpu" else "cuda"
+        self.batch_size = batch_size or (1 if self.device == "cpu" else 8)
+        if self.device == "cuda":
+            self._warm_up()
+
+    @property
+    def resolution(self) -> int:
+        return self.info.resolution
+
+    @property
+    def fallback_reason(self) -> str:
+        """Why the session did not get the providers asked for first ('' when it did)."""
+        return "; ".join(f"{LABELS[n]} {r}" for n, r in self.fallbacks.items())
+
+    def _check_io(self) -> None:
+        inputs = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if self.info.input_name not in inputs or self.info.output_name not in outputs:
+            raise ModelError(f"the metadata names input {self.info.input_name!r} and output "
+                             f"{self.info.output_name!r}, the graph has {inputs} and {outputs}", self.path,
+                             hint="re-export the model")
+
+    def _warm_up(self) -> None:
+        # A new input shape costs a cuDNN algorithm search (or a TensorRT engine build): pay it now
+        # for the shapes run() serves, the full batch and the single face.
+        r = self.resolution
+        for n in sorted({1, self.batch_size}):
+            self._run_batch(np.zeros((n, 3, r, r), np.float32))
+
+    def _run_batch(self, x: np.ndarray) -> np.ndarray:
+        # IO binding: the input is copied to the device once and the output is allocated there,
+        # instead of ORT's per-call staging copies (on CPU this is the same as session.run).
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.info.input_name, x)
+        binding.bind_output(self.info.output_name, self.device)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def check_size(self, height: int, width: int) -> None:
+        """Raise EngineError unless an H x W input suits the model (multiples of size_multiple)."""
+        m = self.info.size_multiple
+        if height % m or width % m or height <= 0 or width <= 0:
+            raise EngineError(f"input size {width}x{height} is not a multiple of {m}",
+                              hint=f"crop or resize to multiples of {m} (the model was trained on "
+                                   f"{self.resolution}x{self.resolution} face crops)")
+
+    def run(self, images) -> np.ndarray:
+        """Toonify images: [N, H, W, 3] uint8 RGB (or a list of same-size [H, W, 3]) -> [N, H, W, 3] uint8 RGB.
+
+        H and W must be multiples of `info.size_multiple`; FFHQ-aligned crops at `resolution` are
+        what the student was trained on. Runs in batches of `batch_size`.
+        """
+        if isinstance(images, (list, tuple)):
+            if not images:
+                return np.zeros((0, self.resolution, self.resolution, 3), np.uint8)
+            if len({np.shape(im) for im in images}) > 1:
+                raise EngineError(f"images in one run must have the same size, got {sorted({np.shape(im) for im in images})}")
+            images = np.stack(images)
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise EngineError(f"expected [N, H, W, 3] uint8 RGB images, got {images.shape} {images.dtype}")
+        self.check_size(*images.shape[1:3])
+        out = [nchw_to_hwc(self._run_batch(hwc_to_nchw(images[i:i + self.batch_size])))
+               for i in range(0, len(images), self.batch_size)]
+        return np.concatenate(out) if out else np.zeros_like(images)

@@ -1,0 +1,239 @@
+"""Convert photos: find every face, toonify its FFHQ-aligned crop, paste it back (or keep the crops).
+
+    summary = convert_photos(ConvertConfig(inputs=("photo.jpg",)))      # writes photo_toon.png
+
+`toonify-fast IMAGE...` is a thin wrapper around convert_photos; apps holding pixels already call
+toonify_photo. A bad file is reported and skipped: the batch goes on.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from rich.markup import escape
+
+from runtime.common import ToonifyError, console, progress
+from runtime.engine import BUILD_HINT, ModelError, Toonifier
+from runtime.faces import Face, FaceAligner, align, paste_back
+from runtime.images import MAX_PIXELS, read_image, resize, write_image
+
+DEFAULT_MODEL = Path("exports") / "toonify.onnx"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
+# Our own outputs (photo_toon.png, photo_toon_0.png): skipped when a folder is converted again.
+OUTPUT_NAME = re.compile(r"_toon(_\d+)?$")
+PROGRESS_FROM = 4     # a bar is noise for a few images
+
+
+@dataclass(frozen=True)
+class ConvertConfig:
+    inputs: tuple[str, ...]                 # files, folders (their images, sorted) and glob patterns
+    output: Path | None = None              # a file (one input) or a folder; None: beside each input
+    model: Path | None = None               # None: $TOONIFY_FAST_MODEL, then exports/toonify.onnx
+    provider: str = "auto"
+    batch_size: int | None = None           # faces per model run (None: the engine's default)
+    max_faces: int | None = None            # largest first; None: every face
+    crop: bool = False                      # write the aligned toon faces instead of the whole photo
+    align: bool = True                      # False: each input is already an aligned face
+    max_pixels: int = MAX_PIXELS
+
+
+@dataclass
+class ConvertSummary:
+    converted: int = 0
+    failed: int = 0
+    faces: int = 0
+    seconds: float = 0.0
+    outputs: list[Path] = field(default_factory=list)
+
+
+def find_model(model: Path | None) -> Path:
+    """--model, then $TOONIFY_FAST_MODEL, then exports/toonify.onnx (relative to the working folder)."""
+    env = os.environ.get("TOONIFY_FAST_MODEL")
+    path = model or Path(env or DEFAULT_MODEL)
+    if not path.is_file():
+        source = "--model" if model else "$TOONIFY_FAST_MODEL" if env else "the default when neither --model nor $TOONIFY_FAST_MODEL is set"
+        raise ModelError(f"no such model file ({source})", path, hint=BUILD_HINT + ", then pass --model", exit_code=2)
+    return path
+
+
+def expand_inputs(args: tuple[str, ...] | list[str]) -> list[Path]:
+    """Files as given, folders as their images (sorted, our own *_toon outputs skipped), globs as
+    their sorted matches; duplicates dropped. A missing path or an empty match is a usage error."""
+    found: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if not path.exists() and glob.has_magic(arg):
+            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
+            if not matches:
+                raise ToonifyError(f"no file matches {arg!r}", exit_code=2)
+            found += [m for m in matches if m.is_file()] + [i for m in matches if m.is_dir() for i in _folder_images(m)]
+        elif path.is_dir():
+            images = _folder_images(path)
+            if not images:
+                raise ToonifyError("no images in this folder", path, hint=f"images end in {', '.join(sorted(IMAGE_SUFFIXES))}",
+                                   exit_code=2)
+            found += images
+        elif path.exists():
+            found.append(path)
+        else:
+            raise ToonifyError("no such file or folder", path, exit_code=2)
+    return list(dict.fromkeys(found))
+
+
+def _folder_images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not OUTPUT_NAME.search(p.stem))
+
+
+def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
+    """The output path of each input: beside it as STEM_toon.png, in the folder `output`, or `output`
+    itself (one input). Refuses, as usage errors, to overwrite an input or to write two inputs to one file."""
+    if output is not None and not output.is_dir() and output.suffix:
+        if len(inputs) > 1:
+            raise ToonifyError(f"-o names one file but there are {len(inputs)} inputs", output,
+                               hint="give a folder to -o (it is created if missing)", exit_code=2)
+        dests = [output]
+    else:
+        dests = [(output or p.parent) / f"{p.stem}_toon.png" for p in inputs]
+    resolved = [d.resolve() for d in dests]
+    sources = {p.resolve(): p for p in inputs}
+    for dest, r in zip(dests, resolved):
+        if r in sources:
+            raise ToonifyError(f"the output would overwrite the input {sources[r]}", dest,
+                               hint="choose another -o", exit_code=2)
+        if resolved.count(r) > 1:
+            clash = [str(p) for p, d in zip(inputs, resolved) if d == r]
+            raise ToonifyError(f"{' and '.join(clash)} would both be written here", dest,
+                               hint="convert them separately or rename one", exit_code=2)
+    return dests
+
+
+def face_crops(aligner: FaceAligner | None, rgb: np.ndarray, resolution: int,
+               max_faces: int | None = None) -> tuple[list[Face] | None, list[np.ndarray]]:
+    """The faces of an [H, W, 3] uint8 photo (largest first) and their aligned [R, R, 3] crops.
+
+    With no aligner the whole photo is the face: faces is None and the one crop is the photo
+    resized to the model resolution.
+    """
+    if aligner is None:
+        return None, [resize(rgb, resolution, resolution)]
+    faces = aligner.detect(rgb, max_faces)
+    return faces, [align(rgb, f.quad, resolution) for f in faces]
+
+
+def compose(rgb: np.ndarray, faces: list[Face] | None, toons: list[np.ndarray]) -> np.ndarray:
+    """Put the toon crops back into the [H, W, 3|4] photo (faces None: the one toon resized back)."""
+    if faces is None:
+        return resize(toons[0], rgb.shape[1], rgb.shape[0])
+    for face, toon in zip(faces, toons):
+        rgb = paste_back(rgb, toon, face.quad)
+    return rgb
+
+
+def toonify_photo(toonifier: Toonifier, aligner: FaceAligner | None, rgb: np.ndarray,
+                  max_faces: int | None = None) -> tuple[np.ndarray, list[Face] | None]:
+    """Toonify every face of an [H, W, 3] uint8 RGB photo -> (new photo, the faces found)."""
+    faces, crops = face_crops(aligner, rgb, toonifier.resolution, max_faces)
+    return compose(rgb, faces, list(toonifier.run(crops))), faces
+
+
+@dataclass
+class _Job:
+    source: Path
+    dest: Path
+    rgb: np.ndarray | None = None
+    alpha: np.ndarray | None = None
+    faces: list[Face] | None = None
+    crops: list[np.ndarray] = field(default_factory=list)
+
+
+class _Converter:
+    """Reads and aligns photos one by one, and runs the model on the faces of several photos at once."""
+
+    def __init__(self, cfg: ConvertConfig, toonifier: Toonifier, summary: ConvertSummary, sources: set[Path]):
+        self.cfg, self.toonifier, self.summary, self.sources = cfg, toonifier, summary, sources
+        aligned = cfg.align and toonifier.info.alignment == "ffhq"
+        self.aligner = FaceAligner() if aligned else None
+        self.pending: list[_Job] = []
+
+    def add(self, job: _Job) -> None:
+        try:
+            job.rgb, job.alpha = read_image(job.source, self.cfg.max_pixels)
+            job.faces, job.crops = face_crops(self.aligner, job.rgb, self.toonifier.resolution, self.cfg.max_faces)
+            if not job.crops:
+                raise ToonifyError("no face found", job.source,
+                                   hint="if the image is already an aligned face, use --no-align")
+        except ToonifyError as e:
+            return self.fail(e)
+        self.pending.append(job)
+        if sum(len(j.crops) for j in self.pending) >= self.toonifier.batch_size:
+            self.flush()
+
+    def flush(self) -> None:
+        jobs, self.pending = self.pending, []
+        if not jobs:
+            return
+        try:
+            toons = iter(self.toonifier.run([c for j in jobs for c in j.crops]))
+        except ToonifyError as e:
+            for job in jobs:
+                self.fail(ToonifyError(e.reason, job.source, e.hint))
+            return
+        for job in jobs:
+            try:
+                self.finish(job, [next(toons) for _ in job.crops])
+            except ToonifyError as e:
+                self.fail(e)
+
+    def finish(self, job: _Job, toons: list[np.ndarray]) -> None:
+        if self.cfg.crop:
+            written = [self.write(job.dest.with_name(f"{job.dest.stem}_{i}{job.dest.suffix}"), t, None)
+                       for i, t in enumerate(toons)]
+        else:
+            written = [self.write(job.dest, compose(job.rgb, job.faces, toons), job.alpha)]
+        self.summary.converted += 1
+        self.summary.faces += len(toons)
+        self.summary.outputs += written
+        faces = "whole image" if job.faces is None else f"{len(toons)} face{'s' * (len(toons) != 1)}"
+        console.print(f"{escape(str(job.source))} -> {escape(', '.join(map(str, written)))} ({faces})", soft_wrap=True)
+
+    def write(self, dest: Path, rgb: np.ndarray, alpha: np.ndarray | None) -> Path:
+        if dest.resolve() in self.sources:
+            raise ToonifyError("refusing to overwrite an input", dest, hint="choose another -o")
+        return write_image(dest, rgb, alpha)
+
+    def fail(self, error: ToonifyError) -> None:
+        self.summary.failed += 1
+        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+
+
+def convert_photos(cfg: ConvertConfig) -> ConvertSummary:
+    """Convert every input of `cfg`; per-file problems are printed and counted, not raised.
+
+    Raises ToonifyError (exit code 2) for bad usage: no inputs, a missing path, an unknown
+    provider, no model, outputs that would overwrite an input.
+    """
+    start = time.perf_counter()
+    inputs = expand_inputs(cfg.inputs)
+    if not inputs:
+        raise ToonifyError("no input images", hint="toonify-fast IMAGE... (files, folders or globs)", exit_code=2)
+    dests = plan_outputs(inputs, cfg.output)
+    toonifier = Toonifier(find_model(cfg.model), cfg.provider, batch_size=cfg.batch_size)
+    summary = ConvertSummary()
+    converter = _Converter(cfg, toonifier, summary, {p.resolve() for p in inputs})
+    bar = progress("images", transient=True) if len(inputs) >= PROGRESS_FROM else None
+    with bar or contextlib.nullcontext():
+        task = bar.add_task("toonify", total=len(inputs)) if bar else None
+        for source, dest in zip(inputs, dests):
+            converter.add(_Job(source, dest))
+            if bar:
+                bar.update(task, completed=summary.converted + summary.failed)
+        converter.flush()
+    summary.seconds = time.perf_counter() - start
+    return summary

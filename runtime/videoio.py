@@ -1,0 +1,298 @@
+"""Frames in and out: video files through FFmpeg (PyAV) with their timestamps and audio kept,
+and folders of image files.
+
+    for frame in VideoReader(Path("clip.mp4")).frames(): ...     # Frame(index, image, pts)
+
+VideoWriter encodes in the input's time base, so every timestamp (variable frame rate included)
+is kept, and copies the audio packet for packet, interleaved by time so nothing piles up.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import av
+import numpy as np
+
+from runtime.common import ToonifyError, console
+from runtime.images import ImageError, read_image, write_image
+from runtime.photos import IMAGE_SUFFIXES
+
+CRF_CODECS = {"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1"}
+
+
+class VideoError(ToonifyError):
+    """A video or frame folder that cannot be converted as asked."""
+
+
+@dataclass
+class Frame:
+    index: int                      # 0, 1, ... among the frames read
+    image: np.ndarray               # [H, W, 3] uint8 RGB
+    pts: int = 0                    # in the video stream's time base
+    name: str = ""                  # file name, for folders
+    alpha: np.ndarray | None = None # [H, W] uint8, from images that have one
+    faces: int = 0                  # faces found on it (set by the converter)
+
+
+class VideoReader:
+    """The frames of a video file's first video stream: from `start` to `end` seconds (counted
+    from the start of the clip), at most `max_frames`. frames() can be called again (two passes)."""
+
+    def __init__(self, path: Path, start: float | None = None, end: float | None = None,
+                 max_frames: int | None = None):
+        self.path, self.max_frames, self.trimmed = path, max_frames, start is not None
+        with self.open() as c:
+            if not c.streams.video:
+                raise VideoError("has no video stream", path, hint="FFmpeg finds no video in it: an audio-only or empty file?")
+            s = c.streams.video[0]
+            self.time_base, self.rate = s.time_base, s.average_rate or s.guessed_rate or 30
+            self.has_audio = bool(c.streams.audio)
+            origin = c.start_time / av.time_base if c.start_time is not None else 0.0
+            whole = start is None and end is None
+            self.frames_hint = min(filter(None, [s.frames if whole else None, max_frames]), default=None)
+        # Seconds on the input's own clock.
+        self.first = origin + (start or 0.0)
+        self.last = origin + end if end is not None else math.inf
+        self.limited = False        # True once max_frames stopped a pass before the end of the stream
+        self.warned = False
+
+    def open(self):
+        try:
+            return av.open(str(self.path))
+        except (av.FFmpegError, OSError) as e:
+            raise VideoError(f"not a video FFmpeg can read ({getattr(e, 'strerror', None) or e})", self.path,
+                             hint="check that the file is a complete video (mp4, mkv, mov, webm, avi, ...)") from None
+
+    def frames(self) -> Iterator[Frame]:
+        index, pts = 0, None
+        with self.open() as c:
+            s = c.streams.video[0]
+            s.thread_type = "AUTO"
+            if self.trimmed:
+                c.seek(int(self.first * av.time_base))    # lands on the keyframe before `first`
+            step = max(1, round(1 / (self.rate * self.time_base)))
+            try:
+                for f in c.decode(s):
+                    pts = f.pts if f.pts is not None else (0 if pts is None else pts + step)
+                    t = float(pts * self.time_base)
+                    if t < self.first - 1e-6:
+                        continue
+                    if t >= self.last:
+                        return
+                    if index == self.max_frames:
+                        self.limited = True
+                        return
+                    yield Frame(index, f.to_ndarray(format="rgb24"), pts)
+                    index += 1
+            except av.FFmpegError as e:
+                self._warn(f"the video stream is corrupt after frame {index} ({e.strerror or e})"
+                           + (f"; converting the {index} frames before it" if index else ""))
+                return
+            if not self.trimmed and self.last == math.inf and index < s.frames:
+                # Frame threading hides the decoder's error at a cut: the stream just ends early.
+                self._warn(f"the video stream ends after {index} of the {s.frames} frames its header "
+                           f"announces (a truncated file?); converting those {index}")
+
+    def _warn(self, message: str) -> None:
+        if not self.warned:      # once, not once per pass
+            console.print(f"[yellow]warning:[/yellow] {self.path}: {message}")
+        self.warned = True
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+class FolderReader:
+    """The image files of a folder in name order (frame_2 before frame_10); other entries are
+    skipped with a warning naming them."""
+    rate, has_audio, limited = None, False, False
+
+    def __init__(self, folder: Path, max_frames: int | None = None):
+        self.path = folder
+        entries = sorted(folder.iterdir(), key=_natural_key)
+        self.paths = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        others = [p.name for p in entries if p not in self.paths]
+        if not self.paths:
+            raise VideoError("no image files in this folder", folder,
+                             hint=f"frames are {', '.join(sorted(IMAGE_SUFFIXES))} files, read in name order")
+        if others:
+            console.print(f"[yellow]warning:[/yellow] {folder}: skipping {len(others)} entries that are not "
+                          "images: " + ", ".join(others[:8]) + (", ..." if len(others) > 8 else ""))
+        self.paths = self.paths[:max_frames]
+        self.frames_hint, self.unreadable = len(self.paths), set()
+
+    def frames(self) -> Iterator[Frame]:
+        index = 0
+        for path in self.paths:
+            if path in self.unreadable:
+                continue
+            try:
+                rgb, alpha = read_image(path)
+            except ImageError as e:
+                console.print(f"[yellow]warning:[/yellow] skipped {e}")
+                self.unreadable.add(path)
+                continue
+            yield Frame(index, rgb, name=path.name, alpha=alpha)
+            index += 1
+
+
+class VideoWriter:
+    """Encodes RGB frames with the reader's timestamps into `path` (container from its extension),
+    with the reader's first audio stream copied, or re-encoded where the container cannot hold
+    its codec. `output` is the name to show in messages (path is usually a temporary file)."""
+
+    def __init__(self, path: Path, reader: VideoReader, output: Path, codec: str = "libx264", crf: int = 18):
+        self.reader, self.output, self.codec, self.crf = reader, output, codec, crf
+        try:
+            self.out = av.open(str(path), "w")
+        except (av.FFmpegError, ValueError) as e:
+            raise VideoError(f"cannot write a video with this extension ({e})", output,
+                             hint="use .mp4, .mkv, .mov or .webm, or a folder for frames") from None
+        self.video = self.audio = self.audio_in = None
+        self.shift = round(reader.first / reader.time_base) if reader.trimmed else 0   # output starts at 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for container in (self.out, self.audio_in):
+            if container is not None:
+                with contextlib.suppress(Exception):
+                    container.close()
+
+    def _open(self, height: int, width: int) -> None:
+        try:
+            codec = av.Codec(self.codec, "w")
+        except (av.FFmpegError, ValueError):
+            raise VideoError(f"unknown video encoder {self.codec!r}",
+                             hint="try libx264 (the default), libx265, libvpx-vp9 or mpeg4", exit_code=2) from None
+        formats = [f.name for f in codec.video_formats or []]
+        # 4:2:0 chroma (what players expect) halves both dimensions, so they must be even.
+        yuv420 = not formats or "yuv420p" in formats
+        self.pad = (height % 2, width % 2) if yuv420 else (0, 0)
+        if any(self.pad):
+            console.print(f"[yellow]note:[/yellow] {self.reader.path}: {width}x{height} frames; {codec.name} needs "
+                          f"even sizes, so the output is {width + self.pad[1]}x{height + self.pad[0]} "
+                          "(the last row/column repeated)")
+        try:
+            self.video = self.out.add_stream(codec.name, rate=self.reader.rate,
+                                             options={"crf": str(self.crf)} if codec.name in CRF_CODECS else {})
+        except ValueError as e:
+            raise VideoError(str(e), self.output, hint="pick a --codec the container holds: libx264 for "
+                             ".mp4/.mkv/.mov, libvpx-vp9 for .webm", exit_code=2) from None
+        self.video.width, self.video.height = width + self.pad[1], height + self.pad[0]
+        self.video.pix_fmt = "yuv420p" if yuv420 else formats[0]
+        self.video.codec_context.time_base = self.video.time_base = self.reader.time_base
+        if self.reader.has_audio:
+            self._open_audio()
+
+    def _open_audio(self) -> None:
+        self.audio_in = self.reader.open()
+        src = self.audio_in.streams.audio[0]
+        self.copy = src.codec_context.name in self.out.supported_codecs
+        if self.copy:
+            self.audio = self.out.add_stream_from_template(src)
+        else:
+            codec = av.Codec(self.out.default_audio_codec, "w")
+            rate = src.rate if not codec.audio_rates or src.rate in codec.audio_rates else max(codec.audio_rates)
+            self.audio = self.out.add_stream(codec.name, rate=rate)
+            console.print(f"[yellow]note:[/yellow] {self.output.suffix} files cannot hold "
+                          f"{src.codec_context.name} audio: re-encoding it as {codec.name}")
+        if self.reader.trimmed:
+            self.audio_in.seek(int(self.reader.first * av.time_base))
+        self.audio_shift = round(self.reader.first / src.time_base) if self.reader.trimmed else 0
+        self.packets, self.pending = self.audio_in.demux(src), None
+
+    def _copy_audio(self, until: float) -> None:
+        """Mux the audio packets that start before `until` seconds (on the input's clock)."""
+        try:
+            while self.audio is not None:
+                p = self.pending or next(self.packets, None)
+                self.pending = None
+                if p is None:
+                    self.packets = iter(())        # all read; a re-encoder still needs its flush
+                    return
+                if p.dts is None:                  # the demuxer's empty end-of-stream packet
+                    continue
+                t = float((p.pts if p.pts is not None else p.dts) * p.time_base)
+                if t >= until:
+                    self.pending = p
+                    return
+                if self.reader.trimmed and t < self.reader.first - 1e-6:
+                    continue
+                if self.copy:
+                    p.pts = None if p.pts is None else p.pts - self.audio_shift
+                    p.dts -= self.audio_shift
+                    p.stream = self.audio
+                    self.out.mux(p)
+                else:
+                    for frame in p.decode():
+                        frame.pts = None           # the encoder numbers the samples from the start
+                        self.out.mux(self.audio.encode(frame))
+        except av.FFmpegError as e:
+            raise VideoError(f"the audio stream is truncated or corrupt ({e.strerror or e})", self.reader.path,
+                             hint="`--max-frames` or `--end` can stop before the damage") from None
+
+    def write(self, frame: Frame, image: np.ndarray, alpha: np.ndarray | None = None) -> None:
+        """Encode one [H, W, 3] uint8 RGB frame at the input frame's timestamp (video has no alpha)."""
+        if self.video is None:
+            self._open(*image.shape[:2])
+        self.last_time = float(frame.pts * self.reader.time_base)
+        self._copy_audio(until=self.last_time)
+        if any(self.pad):
+            image = np.pad(image, ((0, self.pad[0]), (0, self.pad[1]), (0, 0)), mode="edge")
+        out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
+        out.pts, out.time_base = frame.pts - self.shift, self.reader.time_base
+        self.out.mux(self.video.encode(out))
+
+    def finish(self) -> None:
+        """Flush the encoder and copy the audio up to where the video stops (all of it when whole)."""
+        self.out.mux(self.video.encode(None))
+        self._copy_audio(self.last_time + float(1 / self.reader.rate) if self.reader.limited else self.reader.last)
+        if self.audio is not None and not self.copy:
+            self.out.mux(self.audio.encode(None))
+        self.out.close()
+
+
+class FolderWriter:
+    """Frames written as image files into `folder`, each under its input name (000000.png, ...
+    for frames from a video)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def write(self, frame: Frame, image: np.ndarray, alpha: np.ndarray | None = None) -> None:
+        write_image(self.folder / (frame.name or f"{frame.index:06d}.png"), image, alpha)
+
+    def finish(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def atomic_dir(dest: Path) -> Iterator[Path]:
+    """Yield a new folder beside `dest`; it becomes `dest` in one rename only if the block succeeds.
+    `dest` must not exist or be an empty folder (the caller checks before starting work)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        yield tmp
+        if dest.exists():
+            dest.rmdir()
+        os.replace(tmp, dest)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

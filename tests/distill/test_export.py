@@ -1,0 +1,142 @@
+import re
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from distill import export as export_module
+from distill.export import ExportConfig, ExportError, export_student
+from distill.train import StudentFileError, save_student
+from distill.translator import PRESETS, build_generator
+from runtime.engine import Toonifier, read_model_info
+from runtime.images import hwc_to_nchw, nchw_to_hwc
+
+RES = 32
+
+
+@pytest.fixture(scope="module")
+def student_file(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    G = build_generator("lite")
+    # A trained student's norms and biases are not at their initial values; perturb them like one.
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(0.03 * torch.randn_like(p))
+    meta = {"student_config": asdict(PRESETS["lite"]), "preset": "lite", "resolution": RES,
+            "size_multiple": PRESETS["lite"].size_multiple,
+            "teacher_base_sha256": "a" * 64, "teacher_blended_sha256": "b" * 64}
+    path = tmp_path_factory.mktemp("student") / "student-ema.pt"
+    save_student(G, path, meta)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(student_file, tmp_path_factory):
+    out = tmp_path_factory.mktemp("exports")
+    report = export_student(ExportConfig(student=student_file, output=out / "toon.onnx", triton=out / "triton"))
+    return out, report
+
+
+def test_fp32_export_checks_parity_and_describes_itself(exported, student_file):
+    out, report = exported
+    path = out / "toon.onnx"
+    onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+    assert set(report["parity"]) == {f"random {RES}x{RES}", f"random {RES + 16}x{RES + 8}", "photo astronaut.png"}
+    assert max(report["parity"].values()) <= 1e-4
+    info = read_model_info(path)
+    assert (info.input_name, info.output_name, info.resolution, info.size_multiple) == ("input", "output", RES, 8)
+    assert (info.layout, info.value_range, info.alignment, info.preset, info.precision) == \
+        ("NCHW", "-1,1", "ffhq", "lite", "fp32")
+    assert info.teacher_base_sha256 == "a" * 64 and info.teacher_blended_sha256 == "b" * 64
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", info.exported_at)
+    assert info.toonify_fast_version
+
+
+def test_exported_model_runs_in_the_runtime_like_pytorch(exported, student_file):
+    from distill.train import load_student
+    out, _ = exported
+    model, _ = load_student(student_file)
+    faces = np.random.default_rng(1).integers(0, 256, (3, RES * 2, RES, 3), dtype=np.uint8)  # dynamic N, H != W
+    got = np.stack(Toonifier(out / "toon.onnx", provider="cpu").run(faces))
+    with torch.no_grad():
+        expected = nchw_to_hwc(model(torch.from_numpy(hwc_to_nchw(faces))).numpy())
+    assert got.shape == faces.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).max() <= 1   # rounding of outputs within 1e-4
+
+
+def _parse_pbtxt(text: str):
+    """A small protobuf text-format reader: enough to read Triton model configs back."""
+    tokens = re.findall(r'"[^"]*"|[{}\[\]:,]|[^\s{}\[\]:,"]+', text)
+    pos = 0
+
+    def value():
+        nonlocal pos
+        tok = tokens[pos]
+        pos += 1
+        if tok == "{":
+            return message("}")
+        if tok == "[":
+            items = []
+            while tokens[pos] != "]":
+                items.append(value())
+                if tokens[pos] == ",":
+                    pos += 1
+            pos += 1
+            return items
+        return tok[1:-1] if tok.startswith('"') else (int(tok) if re.fullmatch(r"-?\d+", tok) else tok)
+
+    def message(end):
+        nonlocal pos
+        fields = {}
+        while pos < len(tokens) and tokens[pos] != end:
+            key = tokens[pos]
+            pos += 1
+            if tokens[pos] == ":":
+                pos += 1
+            fields[key] = value()
+        pos += 1
+        return fields
+
+    return message(None)
+
+
+def test_triton_repository_config(exported):
+    out, report = exported
+    folder = out / "triton" / "toon"
+    assert report["triton"] == str(folder)
+    assert (folder / "1" / "model.onnx").read_bytes() == (out / "toon.onnx").read_bytes()
+    config = _parse_pbtxt((folder / "config.pbtxt").read_text())
+    assert config["name"] == "toon" and config["platform"] == "onnxruntime_onnx"
+    assert config["max_batch_size"] == 8
+    assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [3, -1, -1]}]
+    assert config["output"] == [{"name": "output", "data_type": "TYPE_FP32", "dims": [3, -1, -1]}]
+    assert config["dynamic_batching"]["preferred_batch_size"] == [4, 8]
+    assert config["instance_group"] == [{"count": 1, "kind": "KIND_GPU"}]
+
+
+def test_fp16_export_keeps_float32_io_within_tolerance(student_file, tmp_path):
+    report = export_student(ExportConfig(student=student_file, output=tmp_path / "half.onnx", fp16=True))
+    assert 0 < max(report["parity"].values()) <= 2e-2
+    model = onnx.load(str(tmp_path / "half.onnx"))
+    assert [i.type.tensor_type.elem_type for i in (*model.graph.input, *model.graph.output)] == \
+        [onnx.TensorProto.FLOAT] * 2
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in model.graph.initializer)
+    assert read_model_info(tmp_path / "half.onnx").precision == "fp16"
+
+
+def test_parity_is_enforced(student_file, tmp_path, monkeypatch):
+    monkeypatch.setitem(export_module.TOLERANCE, "fp32", 0.0)
+    with pytest.raises(ExportError, match=r"ONNX Runtime disagrees with PyTorch on '(random|photo) [^']+': "
+                                         r"max abs diff \d\.\d\de-\d\d > 0e\+00"):
+        export_student(ExportConfig(student=student_file, output=tmp_path / "x.onnx"))
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_bad_arguments_are_named(student_file, tmp_path):
+    with pytest.raises(ExportError, match="the output must end in .onnx"):
+        export_student(ExportConfig(student=student_file, output=tmp_path / "x.pt"))
+    with pytest.raises(StudentFileError, match="no such file"):
+        export_student(ExportConfig(student=tmp_path / "missing.pt", output=tmp_path / "x.onnx"))

@@ -1,0 +1,136 @@
+"""Faces over time: the crop as four numbers, Gaussian and One Euro smoothing, crop-motion
+metrics, and the tracker on frames of the shared clip."""
+import math
+
+import av
+import numpy as np
+import pytest
+
+from runtime.faces import FaceAligner, ffhq_quad
+from runtime.tracking import (FaceTracker, GaussianWindow, OneEuroFilter, OneEuroSmoother, crop_motion, params_quad,
+                              quad_params)
+
+
+@pytest.fixture(scope="module")
+def frames(photos_dir):
+    """Frames 0-59 and 140-159 of the shared clip (a cut at 20: the face of 0-19 disappears)."""
+    with av.open(str(photos_dir / "short_hamilton_clip.mp4")) as c:
+        return {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0))
+                if i < 60 or 140 <= i < 160}
+
+
+def test_quad_params_round_trip():
+    # centre (10, 20), half side 5, upright: corners TL, BL, BR, TR as FFHQ's align script orders them
+    assert np.allclose(params_quad(np.array([10, 20, math.log(5), 0])), [[5, 15], [5, 25], [15, 25], [15, 15]])
+    p = np.array([120.5, 80.25, math.log(64), 0.3])
+    assert np.allclose(quad_params(params_quad(p)), p, atol=1e-5)
+    for landmarks in np.random.default_rng(0).uniform(0, 500, (20, 68, 2)):
+        quad = ffhq_quad(landmarks)
+        assert np.allclose(params_quad(quad_params(quad)), quad, atol=1e-3)
+
+
+def smooth_track(smoother, values, track_id=0):
+    """Feed one track frame by frame, reading each frame once `lookahead` later frames are in."""
+    out, lag = [], smoother.lookahead
+    for index, value in enumerate(values):
+        smoother.add(track_id, index, value)
+        if index >= lag:
+            out.append(smoother.smoothed(track_id, index - lag))
+    out += [smoother.smoothed(track_id, index) for index in range(max(len(values) - lag, 0), len(values))]
+    return np.array(out)
+
+
+def test_gaussian_window_is_a_renormalised_gaussian_over_the_track():
+    values = np.random.default_rng(0).normal(size=(40, 4)) * [1, 1, 1, 0.1]   # angles well within pi
+    got = smooth_track(GaussianWindow(2.0), values)
+    t = np.arange(40)
+    for i in (0, 3, 20, 39):                           # the ends use the frames that exist
+        w = np.exp(-0.5 * ((t - i) / 2.0) ** 2) * (abs(t - i) <= 6)
+        assert np.allclose(got[i], w @ values / w.sum())
+    assert GaussianWindow(2.0).lookahead == 6
+
+
+def test_gaussian_window_keeps_constants_and_lines_and_cuts_white_noise():
+    const = np.full((50, 4), 3.0)
+    assert np.allclose(smooth_track(GaussianWindow(2.0), const), const)
+    line = np.stack([2.0 * np.arange(60) + 1, -0.5 * np.arange(60), np.zeros(60), np.zeros(60)], axis=1)
+    assert np.allclose(smooth_track(GaussianWindow(2.0), line)[6:-6], line[6:-6])   # a symmetric kernel keeps motion
+    noise = np.random.default_rng(0).normal(size=(20000, 4)) * [1, 1, 1, 0.1]
+    # White noise through a unit-sum Gaussian of sigma s keeps 1 / sqrt(2 sqrt(pi) s) of its std.
+    assert smooth_track(GaussianWindow(2.0), noise).std(axis=0) == pytest.approx(
+        np.array([1, 1, 1, 0.1]) / math.sqrt(4 * math.sqrt(math.pi)), rel=0.03)
+    assert np.allclose(smooth_track(GaussianWindow(0.0), noise[:10]), noise[:10])       # sigma 0: no smoothing
+
+
+def test_smoothers_keep_tracks_apart_and_angles_continuous():
+    window = GaussianWindow(2.0)
+    for index in range(10):
+        window.add(0, index, np.array([0.0, 0, 0, 0]))
+        window.add(1, index, np.array([100.0, 0, 0, math.pi - 0.01 if index % 2 else -math.pi + 0.01]))
+    assert np.allclose(window.smoothed(0, 3), 0)
+    assert window.smoothed(1, 3)[0] == 100 and math.cos(window.smoothed(1, 3)[3]) < -0.99   # not averaged to 0
+    window.forget(10)
+    assert window.tracks == {}
+    live = OneEuroSmoother(30.0)
+    for index in range(10):
+        live.add(7, index, np.array([5.0, 5.0, 1.0, math.pi - 0.01 if index % 2 else -math.pi + 0.01]))
+    assert math.cos(live.smoothed(7, 9)[3]) < -0.99
+
+
+def test_one_euro_holds_a_still_face_and_follows_a_moving_one():
+    rate, rng = 30.0, np.random.default_rng(0)
+    noise = rng.normal(0, 0.01, 300)                   # about dlib's wobble, in crop sizes
+    ramp = 2.0 * np.arange(300) / rate                 # two crop sizes a second: fast
+    f = OneEuroFilter(rate)
+    out = np.array([f(v) for v in np.stack([ramp, noise], axis=1)])
+    # The still component is smoothed (its own cutoff) even while the other one moves fast.
+    assert out[30:, 1].std() < 0.4 * noise[30:].std()
+    # Speed raises the cutoff: the lag behind the ramp is a fraction of a fixed 1 Hz low-pass's.
+    fixed = OneEuroFilter(rate, beta=0.0)
+    fixed_lag = np.mean(ramp[60:] - np.array([fixed([x])[0] for x in ramp])[60:])
+    assert fixed_lag == pytest.approx(2.0 / (2 * math.pi), rel=0.01)           # speed / (2 pi cutoff)
+    assert np.mean(ramp[60:] - out[60:, 0]) < 0.2 * fixed_lag
+
+
+def test_crop_motion_separates_steady_motion_from_jitter():
+    t = np.arange(50.0)
+    steady = np.stack([100 + 3 * t, np.full(50, 50.0), np.full(50, math.log(40)), np.zeros(50)], axis=1)
+    shaky = steady.copy()
+    shaky[:, 0] = 100 + (-1.0) ** t                      # +-1 px around a still centre
+    assert crop_motion([steady]) == pytest.approx(
+        {"change_centre": 3 / 80, "change_scale": 0, "jitter_centre": 0, "jitter_scale": 0})
+    assert crop_motion([shaky]) == pytest.approx(
+        {"change_centre": 2 / 80, "change_scale": 0, "jitter_centre": 4 / 80, "jitter_scale": 0})
+    assert crop_motion([]) == dict.fromkeys(["change_centre", "change_scale", "jitter_centre", "jitter_scale"])
+
+
+def counting_detect(monkeypatch):
+    calls = []
+    real = FaceAligner.detect
+    monkeypatch.setattr(FaceAligner, "detect", lambda self, image, *a: calls.append(1) or real(self, image, *a))
+    return calls
+
+
+def test_tracker_follows_a_face_with_few_detections(frames, monkeypatch):
+    calls = counting_detect(monkeypatch)
+    tracker = FaceTracker(every=5)
+    tracked = [tracker(frames[i]) for i in range(140, 160)]
+    assert len(calls) == 4                                   # frames 0, 5, 10, 15 of the run
+    assert [len(faces) for faces in tracked] == [1] * 20
+    assert len({faces[0][0] for faces in tracked}) == 1      # one id for the whole run
+    # Following by landmarks lands where a fresh detection would, within the detection's own
+    # noise (its boxes move in 10 px steps here, and the landmarks' scale with them).
+    for i in (142, 148, 159):
+        fresh = quad_params(FaceAligner(detect_scale=1.0).detect(frames[i])[0].quad)
+        got = quad_params(tracked[i - 140][0][1])
+        side = 2 * math.exp(fresh[2])
+        assert np.hypot(*(got[:2] - fresh[:2])) < 0.02 * side and abs(got[2] - fresh[2]) < 0.07
+
+
+def test_tracker_drops_a_face_at_a_scene_cut(frames, monkeypatch):
+    calls = counting_detect(monkeypatch)
+    tracker = FaceTracker(every=5)
+    counts = [len(tracker(frames[i])) for i in range(16, 24)]
+    # Periodic detections at 16 and 21; the cut at 20 forces one there, and the face is gone at once.
+    assert counts == [1, 1, 1, 1, 0, 0, 0, 0]
+    assert len(calls) == 3

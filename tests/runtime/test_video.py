@@ -1,0 +1,301 @@
+"""`toonify-fast video`: the shared clip end to end (frame count, timing, audio, crop jitter),
+trimming, other containers, frame folders, every kind of bad input, and interrupted runs."""
+import json
+import threading
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime.cli import main
+from runtime.engine import Toonifier
+from runtime.faces import FaceAligner
+from runtime.video import VideoConfig, convert_video, default_output
+from runtime.videoio import FolderReader, FolderWriter, VideoError, VideoWriter
+from tests.runtime.models import build_model
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    # Inverts colours exactly, so a converted face is easy to tell from a passed-through one.
+    return build_model(tmp_path_factory.mktemp("model") / "invert64.onnx", "invert", resolution=64, size_multiple=4)
+
+
+@pytest.fixture(scope="module")
+def clip(photos_dir):
+    return photos_dir / "short_hamilton_clip.mp4"
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, clip, model):
+    """The whole shared clip, offline smoothing, paste-back, with a report (about 10 s)."""
+    folder = tmp_path_factory.mktemp("full")
+    report = convert_video(VideoConfig(clip, folder / "toon.mp4", model, provider="cpu",
+                                       report=folder / "report.json"))
+    return folder / "toon.mp4", report, json.loads((folder / "report.json").read_text())
+
+
+def video_times(path):
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        return [float(f.pts * s.time_base) for f in c.decode(s)]
+
+
+def audio_packets(path):
+    with av.open(str(path)) as c:
+        return [(float(p.pts * p.time_base), bytes(p)) for p in c.demux(c.streams.audio[0]) if p.size]
+
+
+def files(folder):
+    return sorted(p for p in folder.rglob("*") if p.is_file())
+
+
+def frames_rgb(path, indices):
+    with av.open(str(path)) as c:
+        return {i: f.to_ndarray(format="rgb24") for i, f in enumerate(c.decode(video=0)) if i in indices}
+
+
+def test_full_clip_keeps_frame_count_timing_and_audio(full_run, clip):
+    out, report, _ = full_run
+    with av.open(str(clip)) as a, av.open(str(out)) as b:
+        va, vb = a.streams.video[0], b.streams.video[0]
+        assert vb.codec_context.name == "h264" and (vb.width, vb.height) == (640, 360)
+        assert vb.frames == va.frames == 275
+        assert vb.average_rate == va.average_rate == Fraction(2997, 100)
+        assert vb.time_base == va.time_base
+        assert float(vb.duration * vb.time_base) == pytest.approx(float(va.duration * va.time_base), abs=1e-6)
+        assert b.streams.audio[0].codec_context.name == "aac"
+    assert video_times(out) == video_times(clip)
+    original = audio_packets(clip)
+    assert len(original) == 431 and audio_packets(out) == original      # copied byte for byte, same times
+    assert report["frames"] == len(report["faces_per_frame"]) == 275
+
+
+def test_faces_are_converted_and_frames_without_faces_pass_through(full_run, clip):
+    out, report, _ = full_run
+    faces = report["faces_per_frame"]
+    assert sum(n > 0 for n in faces) > 150 and max(faces) >= 1
+    face_frame, empty_frame = faces.index(1, 140), faces.index(0, 40)
+    before, after = frames_rgb(clip, {face_frame, empty_frame}), frames_rgb(out, {face_frame, empty_frame})
+    # No face: the same picture up to H.264 at crf 18.
+    assert np.abs(after[empty_frame].astype(int) - before[empty_frame]).mean() < 2
+    # A face: inside its detector box the colours are inverted (blurred by the 64 px model crop).
+    left, top, right, bottom = FaceAligner().detect(before[face_frame])[0].box
+    inner = np.s_[top + (bottom - top) // 4: bottom - (bottom - top) // 4, left + (right - left) // 4: right - (right - left) // 4]
+    assert after[face_frame][inner].mean() == pytest.approx(255 - before[face_frame][inner].mean(), abs=8)
+    outside = np.s_[:, right + 60:]
+    assert np.abs(after[face_frame][outside].astype(int) - before[face_frame][outside]).mean() < 2
+
+
+def test_smoothing_cuts_crop_jitter_at_least_3x(full_run):
+    _, report, written = full_run
+    assert written == json.loads(json.dumps(report))
+    reduction = written["crop_motion"]["reduction"]
+    # Jitter (second differences: shake) drops >= 3x; the face's own motion is kept, so the plain
+    # frame-to-frame change of the centre drops less (it is mostly the dancer moving).
+    assert reduction["jitter_centre"] >= 3 and reduction["jitter_scale"] >= 3
+    assert reduction["change_scale"] >= 3
+    assert 1 < reduction["change_centre"] < reduction["jitter_centre"]
+    change = written["face_region_change"]
+    assert change["input"] > 0 and change["output"] > 0
+    assert written["smoothing"] == "gaussian sigma=2.0 frames" and written["mode"] == "paste"
+
+
+def test_cli_live_crop_to_webm_reencodes_audio(tmp_path, clip, model, capsys):
+    out, report = tmp_path / "face.webm", tmp_path / "live.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["video", str(clip), "-o", str(out), "-m", str(model), "--provider", "cpu", "--live", "--crop",
+              "--max-frames", "30", "--codec", "libvpx-vp9", "--crf", "40", "--report", str(report)])
+    assert exit_.value.code == 0
+    assert "re-encoding it as libopus" in capsys.readouterr().err
+    with av.open(str(out)) as c:
+        v = c.streams.video[0]
+        assert (v.codec_context.name, v.width, v.height) == ("vp9", 64, 64)
+        assert c.streams.audio[0].codec_context.name == "opus"
+    times = video_times(out)
+    assert len(times) == 30 and np.diff(times) == pytest.approx(100 / 2997, abs=1e-3)
+    # The audio stops with the last frame (give or take one 20 ms Opus packet).
+    assert audio_packets(out)[-1][0] == pytest.approx(times[-1] + 100 / 2997, abs=0.025)
+    data = json.loads(report.read_text())
+    assert data["smoothing"] == "one-euro (causal)" and data["mode"] == "crop" and data["frames"] == 30
+
+
+def test_start_and_end_trim_video_and_audio_alike(tmp_path, clip, model):
+    out = tmp_path / "part.mov"
+    convert_video(VideoConfig(clip, out, model, provider="cpu", start=4.0, end=5.0))
+    with av.open(str(clip)) as c:
+        origin = c.start_time / av.time_base
+    # Both streams shift by the same 4 s; MOV stores a stream's start delay in whole milliseconds.
+    wanted = [t - origin - 4 for t in video_times(clip) if 4 <= t - origin < 5]
+    assert video_times(out) == pytest.approx(wanted, abs=1e-3) and len(wanted) == 30
+    original = [(t - origin - 4, data) for t, data in audio_packets(clip) if 4 <= t - origin < 5]
+    got = audio_packets(out)
+    assert [d for _, d in got] == [d for _, d in original] and len(got) == 43
+    assert [t for t, _ in got] == pytest.approx([t for t, _ in original], abs=1e-3)
+
+
+def test_frame_folder_keeps_names_count_and_alpha(tmp_path, clip, model, capsys):
+    frames, out = tmp_path / "frames", tmp_path / "toon"
+    frames.mkdir()
+    names = []
+    for i, rgb in frames_rgb(clip, set(range(140, 146))).items():
+        name = f"shot_{i - 132}" + (".jpg" if i == 141 else ".png")      # shot_8 ... shot_13
+        if i == 142:
+            rgba = np.dstack([rgb, np.tile(np.arange(640) % 256, (360, 1)).astype(np.uint8)])
+            Image.fromarray(rgba).save(frames / name)
+        else:
+            Image.fromarray(rgb).save(frames / name)
+        names.append(name)
+    (frames / "notes.txt").write_text("not a frame")
+    (frames / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    assert [p.name for p in FolderReader(frames).paths] == ["broken.png"] + names    # shot_9 before shot_10
+    report = convert_video(VideoConfig(frames, out, model, provider="cpu"))
+    err = capsys.readouterr().err
+    assert "notes.txt" in err and "broken.png" in err
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
+    assert report["frames"] == 6 and sum(report["faces_per_frame"]) >= 5
+    with Image.open(frames / "shot_10.png") as a, Image.open(out / "shot_10.png") as b:
+        assert b.mode == "RGBA" and np.array_equal(np.asarray(a)[..., 3], np.asarray(b)[..., 3])
+        assert not np.array_equal(np.asarray(a)[..., :3], np.asarray(b)[..., :3])
+
+
+def test_odd_frame_size_is_padded_to_even(tmp_path, model, capsys):
+    odd = tmp_path / "odd.mkv"
+    pictures = [np.random.default_rng(i).integers(0, 256, (49, 67, 3), np.uint8) for i in range(5)]
+    with av.open(str(odd), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.width, s.height = 67, 49
+        for p in pictures:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(p, format="rgb24")))
+        c.mux(s.encode(None))
+    out = tmp_path / "odd.mp4"
+    convert_video(VideoConfig(odd, out, model, provider="cpu"))
+    assert "67x49 frames; libx264 needs even sizes, so the output is 68x50" in capsys.readouterr().err
+    got = frames_rgb(out, set(range(5)))
+    assert len(got) == 5 and got[0].shape == (50, 68, 3)
+    assert video_times(out) == pytest.approx([i / 25 for i in range(5)])
+
+
+def test_truncated_stream_converts_the_readable_part_and_says_so(tmp_path, clip, model, capsys):
+    # A "fast start" MP4 (index first) cut short: FFmpeg can open it and decodes until the cut.
+    whole, cut = tmp_path / "faststart.mp4", tmp_path / "cut.mp4"
+    with av.open(str(clip)) as src, av.open(str(whole), "w", options={"movflags": "+faststart"}) as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                dst.mux(packet)
+    cut.write_bytes(whole.read_bytes()[:120_000])
+    out = tmp_path / "out.mp4"
+    report = convert_video(VideoConfig(cut, out, model, provider="cpu"))
+    err = " ".join(capsys.readouterr().err.split())
+    n = report["frames"]
+    assert 0 < n < 275 and f"the video stream ends after {n} of the 275 frames its header announces" in err
+    assert len(video_times(out)) == n
+
+
+def empty_avi(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("mpeg4", rate=30)
+        s.width, s.height = 64, 64
+        c.start_encoding()
+
+
+def audio_only(path):
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("aac", rate=44100)
+        for i in range(4):
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 44100, i * 1024
+            c.mux(s.encode(frame))
+        c.mux(s.encode(None))
+
+
+def bad_input(case, folder, clip):
+    """The input file or folder for one case of BAD_INPUTS."""
+    path = folder / {"missing": "nope.mp4", "not_a_video": "notes.mp4", "truncated_without_index": "cut.mp4",
+                     "no_video_stream": "sound.m4a", "zero_frames": "empty.avi"}.get(case, "frames")
+    if case == "not_a_video":
+        path.write_text("hello")
+    elif case == "truncated_without_index":     # the clip's index (moov) is at its end: cut off
+        path.write_bytes(clip.read_bytes()[:300_000])
+    elif case == "no_video_stream":
+        audio_only(path)
+    elif case == "zero_frames":
+        empty_avi(path)
+    elif case in ("folder_without_images", "folder_to_video"):
+        path.mkdir()
+        (path / "notes.txt").write_text("not a frame")
+    elif case != "missing":
+        return clip
+    return path
+
+
+BAD_INPUTS = {
+    # case: (output name, VideoConfig options, message, which path the error names)
+    "missing": ("out.mp4", {}, "no such file or folder", "in"),
+    "not_a_video": ("out.mp4", {}, "not a video FFmpeg can read", "in"),
+    "truncated_without_index": ("out.mp4", {}, "not a video FFmpeg can read", "in"),
+    "no_video_stream": ("out.mp4", {}, "has no video stream", "in"),
+    "zero_frames": ("out.mp4", {}, "no frames to convert", "in"),
+    "start_after_the_end": ("out.mp4", {"start": 20.0}, "no frames to convert between --start and --end", "in"),
+    "end_before_start": ("out.mp4", {"start": 3.0, "end": 2.0}, "--end 2.0 is not after --start 3.0", None),
+    "folder_without_images": ("out", {}, "no image files in this folder", "in"),
+    "folder_to_video": ("out.mp4", {}, "a folder of frames converts to a folder of frames", "out"),
+    "output_folder_not_empty": ("full", {}, "the output folder exists and is not empty", "out"),
+    "unknown_codec": ("out.mp4", {"codec": "nope", "max_frames": 2}, "unknown video encoder 'nope'", None),
+    "unknown_container": ("out.zzz", {"max_frames": 2}, "cannot write a video with this extension", "out"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, clip, model, case):
+    out_name, options, message, names = BAD_INPUTS[case]
+    source = bad_input(case, tmp_path, clip)
+    out = tmp_path / "outputs" / out_name
+    if case == "output_folder_not_empty":
+        out.mkdir(parents=True)
+        (out / "keep.png").write_bytes(b"mine")
+    before = files(tmp_path)
+    with pytest.raises(VideoError) as error:
+        convert_video(VideoConfig(source, out, model, provider="cpu", **options))
+    assert message in str(error.value)
+    assert error.value.path == {"in": str(source), "out": str(out), None: None}[names]
+    assert files(tmp_path) == before                      # no output, no partial file left behind
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path, model, capsys):
+    (tmp_path / "notes.mp4").write_text("hello")
+    with pytest.raises(SystemExit) as exit_:
+        main(["video", str(tmp_path / "notes.mp4"), "-m", str(model)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1 and "error:" in err and "not a video FFmpeg can read" in err
+    assert "Traceback" not in err and not default_output(tmp_path / "notes.mp4").exists()
+
+
+@pytest.mark.parametrize("where", ["inference", "encoder", "folder"])
+def test_interrupted_run_leaves_no_output(tmp_path, clip, model, monkeypatch, where):
+    calls = {"n": 0}
+
+    def fail_on_third(real, error):
+        def patched(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise error
+            return real(*args, **kwargs)
+        return patched
+
+    if where == "inference":       # Ctrl-C while the model runs
+        monkeypatch.setattr(Toonifier, "run", fail_on_third(Toonifier.run, KeyboardInterrupt()))
+    elif where == "encoder":       # a crash in the encoding thread
+        monkeypatch.setattr(VideoWriter, "write", fail_on_third(VideoWriter.write, OSError("disk full")))
+    else:
+        monkeypatch.setattr(FolderWriter, "write", fail_on_third(FolderWriter.write, OSError("disk full")))
+    out = tmp_path / "out" / ("frames" if where == "folder" else "toon.mp4")
+    with pytest.raises(KeyboardInterrupt if where == "inference" else OSError):
+        convert_video(VideoConfig(clip, out, model, provider="cpu", start=4.0, max_frames=20, live=True))
+    assert calls["n"] == 3
+    assert list((tmp_path / "out").iterdir()) == []          # nothing, not even a .partial file
+    assert not [t for t in threading.enumerate() if t.name.startswith("toonify-video")]   # all stopped
