@@ -175,12 +175,10 @@ def train(
     """Train the pix2pixHD student on pairs (under torchrun: DDP, one process per GPU or CPU share)."""
     from dataclasses import replace
 
-    from click.core import ParameterSource
-
     from distill.train import TrainConfig, load_run_config
     from distill.train import train as run_training
     from runtime.common import ToonifyError
-    given = {name for name in ctx.params if ctx.get_parameter_source(name) == ParameterSource.COMMANDLINE}
+    given = {name for name in ctx.params if ctx.get_parameter_source(name).name == "COMMANDLINE"}
     if resume is not None:
         refused = sorted(given - _SESSION_OPTIONS - {"resume", "stop_at"})
         if refused:
@@ -222,3 +220,69 @@ def evaluate(
     else:
         write_json_atomic(output, report)
         typer.echo(output)
+
+
+# ---- project, compare: distill/project.py (the slow original Toonify path, as the reference) ----
+
+ProjImages = Annotated[list[Path], typer.Argument(
+    metavar="IMAGE", show_default=False, help="Photos (the largest face of each is aligned as the runtime does).")]
+ProjBase = Annotated[Path, typer.Option(help="Base (FFHQ) checkpoint: the photo is projected into its latent space.")]
+ProjBlended = Annotated[Path, typer.Option(help="Blended checkpoint from `distill blend`: renders the latent as a toon.")]
+ProjOutput = Annotated[Path, typer.Option("--output", "-o", help="Folder for the results (made if missing).")]
+ProjSteps = Annotated[int, typer.Option(min=1, help="Optimisation steps per image.")]
+ProjWplus = Annotated[bool, typer.Option("--wplus", help="Optimise one w per layer (w+) instead of a single w.")]
+ProjVggWeights = Annotated[Optional[Path], typer.Option(
+    help="torchvision's VGG16 state dict (vgg16-397923af.pth) for the perceptual loss (default: the torch hub cache).")]
+ProjNoVgg = Annotated[bool, typer.Option("--no-vgg", help="No perceptual loss: pixel loss only (when no VGG16 weights exist).")]
+ProjNoAlign = Annotated[bool, typer.Option("--no-align", help="Each image is already an aligned face: only resize it.")]
+ProjDevice = Annotated[str, typer.Option(help="auto (CUDA when present), cpu, cuda, cuda:1, ...")]
+ProjSeed = Annotated[int, typer.Option(help="Seed of the initial noise maps and the latent noise.")]
+
+
+def _project_config(base, blended, images, output, steps, wplus, vgg_weights, no_vgg, no_align, device, seed):
+    from distill.project import ProjectConfig
+    from runtime.common import ToonifyError
+    if no_vgg and vgg_weights is not None:
+        raise ToonifyError("--no-vgg and --vgg-weights contradict each other", hint="pass one of them", exit_code=2)
+    return ProjectConfig(base=base, blended=blended, images=tuple(images), out=output, steps=steps, wplus=wplus,
+                         vgg=not no_vgg, vgg_weights=vgg_weights, align=not no_align, device=device, seed=seed)
+
+
+@app.command()
+def project(images: ProjImages, base: ProjBase, blended: ProjBlended, output: ProjOutput, steps: ProjSteps = 500,
+            wplus: ProjWplus = False, vgg_weights: ProjVggWeights = None, no_vgg: ProjNoVgg = False,
+            no_align: ProjNoAlign = False, device: ProjDevice = "auto", seed: ProjSeed = 0) -> None:
+    """Toonify by optimisation (the original, slow method): project each photo into the base model, render with the blend.
+
+    Writes NAME_target.png, NAME_projected.png, NAME_toon.png and NAME_w.npy per image, and project.json.
+    Exit status 1 when some image was skipped (unreadable, no face).
+    """
+    from distill.project import project_files
+    results = project_files(_project_config(base, blended, images, output, steps, wplus, vgg_weights, no_vgg,
+                                            no_align, device, seed))
+    raise typer.Exit(1 if any("skipped" in r for r in results) else 0)
+
+
+@app.command()
+def compare(images: ProjImages,
+            student: Annotated[Path, typer.Option(help="The exported student (.onnx) to judge.")],
+            base: ProjBase, blended: ProjBlended, output: ProjOutput, steps: ProjSteps = 500,
+            wplus: ProjWplus = False, vgg_weights: ProjVggWeights = None, no_vgg: ProjNoVgg = False,
+            no_align: ProjNoAlign = False, device: ProjDevice = "auto", seed: ProjSeed = 0) -> None:
+    """The student against projection+blend on real photos: side-by-side PNGs and PSNR/SSIM in compare.json.
+
+    Exit status 1 when some image was skipped (unreadable, no face).
+    """
+    from distill.project import CompareConfig, compare_files
+    report = compare_files(CompareConfig(student=student, projection=_project_config(
+        base, blended, images, output, steps, wplus, vgg_weights, no_vgg, no_align, device, seed)))
+    typer.echo(output / "compare.json")
+    raise typer.Exit(1 if any("skipped" in r for r in report["results"]) else 0)
+
+
+if __name__ == "__main__":
+    # `torchrun --nproc_per_node K -m distill.cli train ...`: the same command, its errors printed the same way.
+    import sys
+
+    from runtime.cli import main
+    main(["distill", *sys.argv[1:]])

@@ -10,6 +10,7 @@ VGG weights are never downloaded and never random: pass torchvision's state dict
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -132,19 +133,23 @@ def find_vgg_weights(arch: str = "vgg19", weights_path: str | os.PathLike | None
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    hint = "expected torchvision's VGG state dict: a torch.save'd dict of tensors (.pth) or a .safetensors file"
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
             state = load_file(str(path))
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "Weights only load failed" not in str(e):  # plain garbage fails to unpickle too
+            raise WeightsFileError(f"cannot read VGG weights (not a torch file: {e})", path, hint) from None
+        raise WeightsFileError("refused to load: the file holds Python objects besides tensors, which "
+                               "weights-only loading does not run", path, hint) from None
     except Exception as e:  # any unreadable file is the user's to fix, whatever the loader raised
         first_line = (str(e).splitlines() or [""])[0]
-        raise WeightsFileError(f"cannot read VGG weights ({type(e).__name__}: {first_line})", path,
-                               hint="expected a torch state dict (.pth) or a .safetensors file") from None
+        raise WeightsFileError(f"cannot read VGG weights ({type(e).__name__}: {first_line})", path, hint) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise WeightsFileError("not a state dict of tensors", path,
-                               hint="save it with torch.save(model.state_dict(), path)")
+        raise WeightsFileError("not a state dict of tensors", path, hint)
     return state
 
 

@@ -210,47 +210,47 @@ def _u8(x: torch.Tensor) -> np.ndarray:
     return nchw_to_hwc(x.detach().cpu().numpy())[0]
 
 
-def _targets(cfg: ProjectConfig, res: int) -> tuple[list[tuple[Path, np.ndarray]], list[dict]]:
-    """Every image's aligned [res, res, 3] uint8 crop (largest face), read before any long work starts;
-    unreadable images and images without a face are reported and skipped."""
-    aligner = FaceAligner() if cfg.align else None
+NO_FACE = "no face found (pass --no-align if it is already an aligned face)"
+
+
+def _aligned_crops(cfg: ProjectConfig, res: int) -> dict[Path, np.ndarray | str]:
+    """Each image -> its aligned [res, res, 3] uint8 crop (largest face), or why it has none.
+
+    All are read before any long work starts; unreadable images and images without a face are
+    reported here and skipped later.
+    """
     stems = [p.stem for p in cfg.images]
-    if len(set(stems)) != len(stems):
-        clash = sorted({s for s in stems if stems.count(s) > 1})
+    clash = sorted({s for s in stems if stems.count(s) > 1})
+    if clash:
         raise ProjectError(f"several inputs are named {clash[0]}: their outputs would overwrite each other",
                            cfg.out, hint="rename them or project them into separate folders", exit_code=2)
-    found, skipped = [], []
+    aligner = FaceAligner() if cfg.align else None
+    crops: dict[Path, np.ndarray | str] = {}
     for path in cfg.images:
         try:
-            rgb, _ = read_image(path)
-            _, crops = face_crops(aligner, rgb, res, max_faces=1)
+            _, found = face_crops(aligner, read_image(path)[0], res, max_faces=1)
+            crops[path] = found[0] if found else NO_FACE
         except ImageError as e:
-            skipped.append({"image": str(path), "reason": e.reason})
-        else:
-            if crops:
-                found.append((path, crops[0]))
-            else:
-                skipped.append({"image": str(path), "reason": "no face found"})
-    for s in skipped:
-        console.print(f"[yellow]skipped[/yellow] {s['image']}: {s['reason']}"
-                      + (" (pass --no-align if it is already an aligned face)" if s["reason"] == "no face found" else ""))
-    return found, skipped
+            crops[path] = e.reason
+        if isinstance(crops[path], str):
+            console.print(f"[yellow]skipped[/yellow] {path}: {crops[path]}")
+    return crops
 
 
 def _unit(u8: np.ndarray) -> torch.Tensor:
-    """[R, R, 3] uint8 -> [1, 3, R, R] float in [0, 1], the range the scores take."""
+    """[R, R, 3] uint8 -> [1, 3, R, R] float64 in [0, 1], the range the scores take."""
     return (torch.from_numpy(hwc_to_nchw(u8)).double() + 1) / 2
 
 
-def project_files(cfg: ProjectConfig) -> dict:
+def project_files(cfg: ProjectConfig) -> list[dict]:
     """Project each of cfg.images with the base model and render the result with the blended one.
 
     Writes, atomically, per image in cfg.out: NAME_target.png (the aligned crop, R x R),
     NAME_projected.png (the base model's reconstruction), NAME_toon.png (the blended model's render
-    of the same latent and noise), NAME_w.npy (float32 [1, num_ws, w_dim] with --wplus, else
-    [1, w_dim]); then project.json. Returns {"config", "results": [{image, target, projected, toon,
-    w, psnr, seconds}], "skipped": [{image, reason}]}; psnr is the reconstruction's against the crop.
-    Raises MissingWeightsError (before loading anything else) when cfg.vgg and no VGG16 weights are found.
+    of the same latent and noise), NAME_w.npy (float32 [1, num_ws, w_dim] with wplus, else
+    [1, w_dim]); then project.json. Returns one dict per image, in order: {image, target, projected,
+    toon, w, psnr (the reconstruction's against the crop, dB), seconds}, or {image, skipped: reason}.
+    Raises MissingWeightsError, before loading anything else, when cfg.vgg and no VGG16 weights are found.
     """
     device = resolve_device(cfg.device)
     if cfg.vgg:
@@ -261,30 +261,36 @@ def project_files(cfg: ProjectConfig) -> dict:
                       "reconstructs faces less faithfully than with VGG16 features")
     base, blended = load_generator(cfg.base, device=device), load_generator(cfg.blended, device=device)
     _check_compatible(base, blended, cfg)
-    targets, skipped = _targets(cfg, base.img_resolution)
+    crops = _aligned_crops(cfg, base.img_resolution)
+    todo = [p for p, c in crops.items() if not isinstance(c, str)]
     results = []
-    for i, (path, crop) in enumerate(targets):
+    for path, crop in crops.items():
+        if isinstance(crop, str):
+            results.append({"image": str(path), "skipped": crop})
+            continue
         start = time.perf_counter()
         ws, noise = project_image(base, torch.from_numpy(hwc_to_nchw(crop)).to(device), cfg, perceptual,
-                                  label=f"{i + 1}/{len(targets)} {path.name}")
+                                  label=f"{todo.index(path) + 1}/{len(todo)} {path.name}")
         with torch.no_grad():
             projected, toon = _u8(render(base, ws, noise)), _u8(render(blended, ws, noise))
         seconds = time.perf_counter() - start
         names = {k: cfg.out / f"{path.stem}_{k}.png" for k in ("target", "projected", "toon")}
         for key, image in zip(names, (crop, projected, toon)):
             write_image(names[key], image)
-        latent = (ws if cfg.wplus else ws[:, 0]).cpu().numpy().astype(np.float32)
         with atomic_path(cfg.out / f"{path.stem}_w.npy") as tmp:
-            np.save(tmp, latent)
+            np.save(tmp, (ws if cfg.wplus else ws[:, 0]).cpu().numpy().astype(np.float32))
         score = float(psnr(_unit(projected), _unit(crop))[0])
-        console.print(f"{path.name}: reconstruction PSNR {score:.2f} dB, {seconds:.1f} s "
+        console.print(f"{path.name}: reconstruction PSNR {score:.2f} dB in {seconds:.1f} s "
                       f"({cfg.steps / seconds:.1f} steps/s)")
         results.append({"image": str(path), **{k: str(v) for k, v in names.items()},
                         "w": str(cfg.out / f"{path.stem}_w.npy"), "psnr": score, "seconds": seconds})
-    report = {"config": _jsonable(cfg), "loss": "vgg16-lpips-style + pixel mse" if cfg.vgg else "pixel mse",
-              "results": results, "skipped": skipped}
-    write_json_atomic(cfg.out / "project.json", report)
-    return report
+    write_json_atomic(cfg.out / "project.json", {"config": _jsonable(cfg), "loss": _loss_name(cfg),
+                                                 "results": results})
+    return results
+
+
+def _loss_name(cfg: ProjectConfig) -> str:
+    return "VGG16 LPIPS-style feature distance + pixel MSE" if cfg.vgg else "pixel MSE (--no-vgg)"
 
 
 def _jsonable(value):
@@ -299,20 +305,25 @@ def _jsonable(value):
 def compare_files(cfg: CompareConfig) -> dict:
     """The student next to projection+blend on real photos.
 
-    Projects every image (project_files: same outputs), then runs the exported student through
+    Projects every image (project_files, with its outputs), then runs the exported student through
     runtime.Toonifier on the aligned crop resized to the model's resolution S. Writes per image
     NAME_compare.png, [S, 4S, 3]: aligned input | reconstruction | projection+blend toon | student
-    (teacher images Lanczos-resized to S), and compare.json: PSNR and SSIM (LPIPS when its weights
-    are here) of the student against the projection+blend toon at S x S, per image and their mean.
+    (the teacher's images Lanczos-resized to S), then compare.json. Returns that report:
+    {"results": [{image, side_by_side, psnr, ssim[, lpips], projection_seconds, student_ms,
+    reconstruction_psnr} or {image, skipped}], "mean": {psnr, ssim[, lpips]}, ...}, scores of the
+    student against the projection+blend toon at S x S (LPIPS when its weights are on this machine).
     """
     from runtime.engine import Toonifier
     proj = cfg.projection
+    # The student runs where the teacher does: CPU (quietly) when projecting on CPU.
     toonifier = Toonifier(cfg.student, provider="cpu" if resolve_device(proj.device).type == "cpu" else "auto")
     size = toonifier.resolution
-    projected = project_files(proj)
     lpips_model, lpips_skipped = _lpips_model(torch.device("cpu"))
     results = []
-    for r in projected["results"]:
+    for r in project_files(proj):
+        if "skipped" in r:
+            results.append(r)
+            continue
         crop, recon, toon = (resize(read_image(r[k])[0], size, size) for k in ("target", "projected", "toon"))
         start = time.perf_counter()
         student = toonifier.run(crop[None])[0]
@@ -323,15 +334,17 @@ def compare_files(cfg: CompareConfig) -> dict:
                   "ssim": float(ssim(_unit(student), _unit(toon))[0])}
         if lpips_model is not None:
             with torch.no_grad():
-                scores["lpips"] = float(lpips_model(_unit(student).float() * 2 - 1, _unit(toon).float() * 2 - 1))
-        results.append({"image": r["image"], "side_by_side": str(sheet), "projection_seconds": r["seconds"],
-                        "student_ms": student_ms, "reconstruction_psnr": r["psnr"], **scores})
+                scores["lpips"] = float(lpips_model(*(torch.from_numpy(hwc_to_nchw(u8)) for u8 in (student, toon))))
+        results.append({"image": r["image"], "side_by_side": str(sheet), **scores, "projection_seconds": r["seconds"],
+                        "student_ms": student_ms, "reconstruction_psnr": r["psnr"]})
         console.print(f"{Path(r['image']).name}: student vs projection+blend PSNR {scores['psnr']:.2f} dB, "
-                      f"SSIM {scores['ssim']:.4f}; {r['seconds']:.1f} s vs {student_ms:.1f} ms")
-    metrics = [m for m in ("psnr", "ssim", "lpips") if results and m in results[0]]
-    report = {"config": _jsonable(cfg), "student_resolution": size, "loss": projected["loss"],
-              "lpips": {"computed": True} if lpips_model is not None else {"computed": False, "reason": lpips_skipped},
-              "mean": {m: float(np.mean([r[m] for r in results])) for m in metrics},
-              "results": results, "skipped": projected["skipped"]}
+                      f"SSIM {scores['ssim']:.4f}; {r['seconds']:.1f} s against {student_ms:.1f} ms")
+    scored = [r for r in results if "skipped" not in r]
+    report = {"config": _jsonable(cfg), "student_resolution": size, "loss": _loss_name(proj),
+              "lpips": {"computed": True, "net": "alex"} if lpips_model is not None
+              else {"computed": False, "reason": lpips_skipped},
+              "mean": {m: float(np.mean([r[m] for r in scored])) for m in ("psnr", "ssim", "lpips")
+                       if scored and m in scored[0]},
+              "results": results}
     write_json_atomic(proj.out / "compare.json", report)
     return report

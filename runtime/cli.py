@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from rich.markup import escape
 
 from runtime.common import ToonifyError, console
 from runtime.images import MAX_PIXELS
@@ -151,7 +152,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(argv, prog_name="toonify-fast")
     except ToonifyError as e:
-        console.print(f"[red]error:[/red] {e}", markup=True)
+        console.print(f"[red]error:[/red] {escape(str(e))}")
         sys.exit(e.exit_code)
 
 

@@ -12,24 +12,11 @@ from distill.blend import (BlendConfig, BlendError, blend_generators, blend_stat
 from distill.checkpoint import file_sha256, load_generator, read_metadata, save_generator
 from distill.cli import app
 from tests.conftest import FIXTURES
+from tests.distill.teachers import BASE, make_toon
 
-BASE = FIXTURES / "nvlabs_sg2ada_32.pkl"
 TOY_KEYS = ["synthesis.b4.const", "synthesis.b4.conv1.weight", "synthesis.b4.conv1.noise_const",
             "synthesis.b8.conv0.affine.bias", "synthesis.b8.conv0.noise_const", "synthesis.b16.conv1.noise_strength",
             "synthesis.b32.torgb.weight", "mapping.fc0.weight", "mapping.w_avg"]
-
-
-def make_toon(path, seed: int = 1):
-    """A stand-in toon fine-tune: the fixture generator with every synthesis weight perturbed
-    (noise constants kept, as a fine-tune keeps them), saved to `path`. Returns (base, toon)."""
-    base, toon = load_generator(BASE), load_generator(BASE)
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for key, t in toon.state_dict().items():
-            if key.startswith("synthesis.") and not key.endswith(".noise_const"):
-                t.add_(torch.randn(t.shape, generator=g) * 0.3 * (t.std() if t.numel() > 1 else 1))
-    save_generator(toon, path)
-    return base, toon
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,10 @@ def vgg19(vgg19_file):
     return vgg_features("vgg19", vgg19_file)
 
 
+class Smuggled:
+    """Any Python object in a .pth: weights-only loading must refuse to rebuild it."""
+
+
 def preds(*values):
     """Discriminator-like outputs: one scale per value, two feature maps each, the last the prediction."""
     return [[torch.full((2, 4, 3, 3), v), torch.full((2, 1, 3, 3), v)] for v in values]
@@ -128,6 +132,9 @@ def test_wrong_vgg_file_names_the_first_bad_key(tmp_path, vgg19_file):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(WeightsFileError, match="junk.pth: cannot read VGG weights"):
         vgg_features("vgg19", tmp_path / "junk.pth")
+    torch.save({"features.0.weight": Smuggled()}, tmp_path / "object.pth")
+    with pytest.raises(WeightsFileError, match="object.pth: refused to load: the file holds Python objects"):
+        vgg_features("vgg19", tmp_path / "object.pth")
 
 
 def test_generator_and_discriminator_losses_train_the_right_network(vgg19):

@@ -17,7 +17,7 @@ from distill.pairs import (PairsConfig, PairsError, generate_pairs, pair_latents
                            read_manifest, resolve_device, resolve_shard, seed_latents)
 from runtime.common import ToonifyError
 from runtime.images import nchw_to_hwc
-from tests.distill.test_blend import BASE, make_toon
+from tests.distill.teachers import BASE, make_toon
 
 
 @pytest.fixture(scope="module")
