@@ -97,7 +97,8 @@ def measure(names: list[str], rounds: int, threads: int, tmp: Path) -> dict[str,
         timing = bar.add_task("timing", total=(rounds + 1) * len(names) * len(SHAPES))
         # Round 0 warms up each session at each shape (ORT plans memory per new shape) and is dropped.
         for round_ in range(rounds + 1):
-            for name in names:
+            # Each round starts at another candidate, so a burst of outside load hits them in turn.
+            for name in names[round_ % len(names):] + names[:round_ % len(names)]:
                 for (side, batch), x in inputs.items():
                     start = time.perf_counter()
                     sessions[name].run(None, {"input": x})
@@ -135,7 +136,7 @@ def print_table(results: dict[str, dict], preset: str | None) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--rounds", type=int, default=5, help="timed rounds after one warm-up round")
+    parser.add_argument("--rounds", type=int, default=7, help="timed rounds after one warm-up round")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime intra-op threads")
     parser.add_argument("--only", nargs="*", choices=sorted(CANDIDATES), help="measure these candidates only")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "student.json")

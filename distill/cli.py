@@ -224,8 +224,9 @@ def evaluate(
 
 # ---- project, compare: distill/project.py (the slow original Toonify path, as the reference) ----
 
-ProjImages = Annotated[list[Path], typer.Argument(
-    metavar="IMAGE", show_default=False, help="Photos (the largest face of each is aligned as the runtime does).")]
+ProjImages = Annotated[list[str], typer.Argument(
+    metavar="IMAGE", show_default=False,
+    help="Photos, folders or glob patterns; the largest face of each is aligned as the runtime does.")]
 ProjBase = Annotated[Path, typer.Option(help="Base (FFHQ) checkpoint: the photo is projected into its latent space.")]
 ProjBlended = Annotated[Path, typer.Option(help="Blended checkpoint from `distill blend`: renders the latent as a toon.")]
 ProjOutput = Annotated[Path, typer.Option("--output", "-o", help="Folder for the results (made if missing).")]
@@ -242,10 +243,12 @@ ProjSeed = Annotated[int, typer.Option(help="Seed of the initial noise maps and 
 def _project_config(base, blended, images, output, steps, wplus, vgg_weights, no_vgg, no_align, device, seed):
     from distill.project import ProjectConfig
     from runtime.common import ToonifyError
+    from runtime.photos import expand_inputs
     if no_vgg and vgg_weights is not None:
         raise ToonifyError("--no-vgg and --vgg-weights contradict each other", hint="pass one of them", exit_code=2)
-    return ProjectConfig(base=base, blended=blended, images=tuple(images), out=output, steps=steps, wplus=wplus,
-                         vgg=not no_vgg, vgg_weights=vgg_weights, align=not no_align, device=device, seed=seed)
+    return ProjectConfig(base=base, blended=blended, images=tuple(expand_inputs(images)), out=output, steps=steps,
+                         wplus=wplus, vgg=not no_vgg, vgg_weights=vgg_weights, align=not no_align, device=device,
+                         seed=seed)
 
 
 @app.command()

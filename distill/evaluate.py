@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.data import PairedDataset
+from distill.pairs import resolve_device
+from distill.train import load_student
 from runtime.common import console, progress
 from runtime.images import nchw_to_hwc
 
@@ -127,8 +129,6 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
 def evaluate_file(student: str | os.PathLike, pairs_dir: str | os.PathLike, res: int | None = None,
                   device: str = "auto") -> dict:
     """Load a student file (distill.train.load_student) and evaluate it; res defaults to its training size."""
-    from distill.pairs import resolve_device
-    from distill.train import load_student
     model, meta = load_student(student)
     report = evaluate_student(model, pairs_dir, res or int(meta["resolution"]), device=resolve_device(device))
     report.update(student_file=str(student), step=meta.get("step"), preset=meta.get("preset"))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -141,10 +142,11 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):  # plain garbage fails to unpickle too
-            raise WeightsFileError(f"cannot read VGG weights (not a torch file: {e})", path, hint) from None
-        raise WeightsFileError("refused to load: the file holds Python objects besides tensors, which "
-                               "weights-only loading does not run", path, hint) from None
+        found = re.search(r"GLOBAL (\S+)", str(e))
+        if found is None:  # garbage fails to unpickle too
+            raise WeightsFileError("cannot read VGG weights: not a torch file, or a damaged one", path, hint) from None
+        raise WeightsFileError(f"refused to load: the file asks for `{found.group(1)}`, which weights-only "
+                               "loading does not allow; nothing it asked for was run", path, hint) from None
     except Exception as e:  # any unreadable file is the user's to fix, whatever the loader raised
         first_line = (str(e).splitlines() or [""])[0]
         raise WeightsFileError(f"cannot read VGG weights ({type(e).__name__}: {first_line})", path, hint) from None

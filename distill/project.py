@@ -43,8 +43,9 @@ W_STD_SAMPLES = 10_000
 VGG_MAX_SIDE = 256                          # VGG sees at most 256x256, as in the projector
 # The LPIPS taps of VGG16: the last ReLU of each of the five blocks.
 LPIPS_TAPS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3", "relu5_3")
-# Mean squared error in [-1, 1] is of the order of the feature distance for a poor fit; weight 1
-# keeps colours in place without letting the pixel term take over from the perceptual one.
+# The projector has no pixel term; ours keeps colours, which unit-normalised features are blind to.
+# Weight 1: MSE of [-1, 1] images and the feature distance (at most 4 per tap) are both of order
+# 0.1-1 for a poor fit, so neither term drowns the other. A judgement, not a tuned value.
 PIXEL_WEIGHT = 1.0
 
 

@@ -8,8 +8,8 @@ tensorboard/, samples/step-000500.png (rows: input | student (EMA) | teacher), t
 state checkpoints/latest.pt, and apart from it the weights that export and eval load with
 load_student: student-ema.pt (the EMA generator, the one to export) and student.pt (the raw one).
 The data a step sees is a pure function of (seed, position in the sample stream), so a run
-resumed with --resume ends with the same weights as one never stopped; Ctrl-C (or SIGTERM)
-finishes the current step, saves the state and exits.
+resumed with --resume ends with the same weights as one never stopped (bit for bit on the same
+device and thread count); Ctrl-C (or SIGTERM) finishes the current step, saves the state and exits.
 """
 from __future__ import annotations
 
@@ -232,40 +232,19 @@ class StopRequest:
 
 
 def _rng_state() -> dict:
-    np_state = np.random.get_state(legacy=False)
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": {**np_state, "state": {**np_state["state"], "key": np_state["state"]["key"].tolist()}},
+            "numpy": (kind, key.tolist(), pos, has_gauss, gauss),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
 
 def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     random.setstate(state["python"])
-    np_state = state["numpy"]
-    np.random.set_state({**np_state, "state": {**np_state["state"],
-                                               "key": np.array(np_state["state"]["key"], np.uint32)}})
+    kind, key, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(key, np.uint32), *rest))
     if state["cuda"]:
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def _new_run_dir(out: Path, cfg: TrainConfig) -> Path:
-    out.mkdir(parents=True, exist_ok=True)
-    number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
-    while True:   # another run may take the number between our look and our mkdir
-        run = out / f"{number:05d}-{cfg.preset}-{cfg.res}"
-        try:
-            run.mkdir()
-            return run
-        except FileExistsError:
-            number += 1
 
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
@@ -281,7 +260,8 @@ def _teachers(pairs: Path) -> dict:
     """The teachers' hashes from the pair set's pairs.json ('' when the folder was not made by `distill pairs`)."""
     path = pairs / "pairs.json"
     meta = json.loads(path.read_text()) if path.is_file() else {}
-    return {"teacher_base_sha256": meta.get("base_sha256", ""), "teacher_blended_sha256": meta.get("blended_sha256", "")}
+    return {"teacher_base_sha256": meta.get("base_sha256", ""),
+            "teacher_blended_sha256": meta.get("blended_sha256", "")}
 
 
 def save_student(G: nn.Module, path: Path, meta: dict) -> None:
@@ -324,61 +304,79 @@ def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
     return model.eval(), meta
 
 
-class RunLog:
-    """log.txt, stats.jsonl and TensorBoard scalars of one run (rank 0 only)."""
+class RunFolder:
+    """The files of one run, all written by rank 0: a numbered folder with config.json, log.txt,
+    stats.jsonl, tensorboard/, samples/, checkpoints/latest.pt and the student files."""
 
-    def __init__(self, run_dir: Path):
+    def __init__(self, path: Path):
         from torch.utils.tensorboard import SummaryWriter
-        self.run_dir = run_dir
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        self.path = path
+        self.tb = SummaryWriter(str(path / "tensorboard"))
 
-    def line(self, text: str) -> None:
+    @classmethod
+    def create(cls, out: Path, cfg: TrainConfig) -> RunFolder:
+        out.mkdir(parents=True, exist_ok=True)
+        number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
+        while True:   # another run may take the number between our look and our mkdir
+            path = out / f"{number:05d}-{cfg.preset}-{cfg.res}"
+            try:
+                path.mkdir()
+                return cls(path)
+            except FileExistsError:
+                number += 1
+
+    def log(self, text: str) -> None:
         console.print(text)
-        with open(self.run_dir / "log.txt", "a") as f:
+        with open(self.path / "log.txt", "a") as f:
             f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def stats(self, record: dict) -> None:
-        with open(self.run_dir / "stats.jsonl", "a") as f:
+        with open(self.path / "stats.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "step":
                 self.tb.add_scalar(key, value, record["step"])
         self.tb.flush()
 
-    def close(self) -> None:
-        self.tb.close()
+    @torch.no_grad()
+    def samples(self, step: int, G: nn.Module, real: torch.Tensor, toon: torch.Tensor) -> None:
+        """samples/step-NNNNNN.png: rows input | student | teacher, one column per pair."""
+        rows = [nchw_to_hwc(x.float().cpu().numpy()) for x in (real, G(real), toon)]
+        grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+        with atomic_path(self.path / "samples" / f"step-{step:06d}.png") as tmp:
+            Image.fromarray(grid).save(tmp, format="PNG")
+
+    def save(self, state: dict, G: nn.Module, G_ema: nn.Module, meta: dict) -> None:
+        """The training state, then the weights export loads (each file atomically)."""
+        with atomic_path(self.path / "checkpoints" / "latest.pt") as tmp:
+            torch.save(state, tmp)
+        save_student(G, self.path / "student.pt", {**meta, "step": state["step"], "ema": False})
+        save_student(G_ema, self.path / "student-ema.pt", {**meta, "step": state["step"], "ema": True})
 
 
-@torch.no_grad()
-def write_samples(path: Path, G: nn.Module, real: torch.Tensor, toon: torch.Tensor) -> None:
-    """A grid with rows input | student | teacher, one column per pair; [N, 3, R, R] in [-1, 1] inputs."""
-    rows = [nchw_to_hwc(x.cpu().numpy()) for x in (real, G(real).float(), toon)]
-    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
-    with atomic_path(path) as tmp:
-        Image.fromarray(grid).save(tmp, format="PNG")
+def _check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
+    saved = load_run_config(run_dir)
+    changed = [f.name for f in fields(cfg)
+               if f.name not in SESSION_FIELDS and getattr(cfg, f.name) != getattr(saved, f.name)]
+    if changed:
+        raise TrainError(f"the run was started with other settings: {', '.join(changed)}", run_dir,
+                         hint="resume with the run's own settings (the CLI reads them from config.json)")
+    if not (run_dir / "checkpoints" / "latest.pt").is_file():
+        raise TrainError("no checkpoints/latest.pt to resume from", run_dir,
+                         hint="the run stopped before its first checkpoint: start it again")
 
 
 def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: int | None = None) -> TrainResult:
     """Train a student on cfg.pairs, or continue the run folder `resume` exactly where it stopped.
 
-    Under torchrun (WORLD_SIZE > 1) every process trains on its shard of each global batch
-    with DDP and only rank 0 writes. `stop_at` ends this session after that step with a
-    checkpoint (continue with `resume`). Raises MissingWeightsError before any work when the VGG
-    term is on and no weights are found; TrainError with exit code 130 after a stop by signal.
+    Under torchrun (WORLD_SIZE > 1) every process trains on its share of each global batch with
+    DDP and only rank 0 writes. `stop_at` ends this session after that step with a checkpoint
+    (continue with `resume`). Raises MissingWeightsError before any work when the VGG term is on
+    and no weights are found, and TrainError (exit code 130) after a stop by signal, state saved.
     """
     features = vgg_features("vgg19", cfg.vgg_weights) if cfg.vgg else None
-    state, run_dir = None, Path(resume) if resume is not None else None
-    if run_dir is not None:
-        saved = load_run_config(run_dir)
-        changed = [f.name for f in fields(cfg) if f.name not in SESSION_FIELDS
-                   and getattr(cfg, f.name) != getattr(saved, f.name)]
-        if changed:
-            raise TrainError(f"the run was started with other settings: {', '.join(changed)}", run_dir,
-                             hint="resume with the run's own settings (the CLI reads them from config.json)")
-        if not (run_dir / "checkpoints" / "latest.pt").is_file():
-            raise TrainError("no checkpoints/latest.pt to resume from", run_dir,
-                             hint="the run stopped before its first checkpoint: start it again")
-
+    if resume is not None:
+        _check_resumable(cfg, Path(resume))
     world = int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(cfg.device)
     own_group = world > 1 and not dist.is_initialized()
@@ -386,8 +384,8 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         if device.type == "cuda":
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank = dist.get_rank() if world > 1 else 0
-    stopper, log, global_batch = StopRequest(), None, cfg.batch_size * world
+    rank, global_batch = dist.get_rank() if world > 1 else 0, cfg.batch_size * world
+    stopper, run, bar = StopRequest(), None, None
     try:
         dataset = PairedDataset(cfg.pairs, cfg.res, augment=cfg.augment, seed=cfg.seed)
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
@@ -395,83 +393,77 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         D = MultiscaleDiscriminator(ndf=cfg.ndf, num_D=cfg.num_d).to(device) if cfg.gan else None
         perceptual = PerceptualLoss(features).to(device) if features is not None else None
-        # Fused Adam: one kernel for all parameters (CPU and CUDA), several times faster than the loop.
+        # Fused Adam: one kernel over all parameters (CPU and CUDA), several times faster than the loop.
         opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
-        opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True) if D is not None else None
+        opt_D = torch.optim.Adam(D.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True) if cfg.gan else None
         amp = cfg.amp and device.type == "cuda"
         scaler = torch.amp.GradScaler(device.type, enabled=amp)
-        start, seen = 0, 0
-        if run_dir is not None:
-            state = torch.load(run_dir / "checkpoints" / "latest.pt", map_location=device, weights_only=True)
-            for target, key in ((G, "G"), (G_ema, "G_ema"), (opt_G, "opt_G"), (D, "D"), (opt_D, "opt_D"),
+        state = None
+        if resume is not None:
+            state = torch.load(Path(resume) / "checkpoints" / "latest.pt", map_location=device, weights_only=True)
+            for target, key in ((G, "G"), (G_ema, "G_ema"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D"),
                                 (scaler, "scaler")):
                 if target is not None:
                     target.load_state_dict(state[key])
-            start, seen = state["step"], state["samples_seen"]
+        start, seen = (state["step"], state["samples_seen"]) if state else (0, 0)
         if state is not None and len(state["rng"]) == world:
             _set_rng_state(state["rng"][rank])
         else:
             rank_seed = int(np.random.SeedSequence([cfg.seed, rank]).generate_state(1)[0])
-            torch.manual_seed(rank_seed), random.seed(rank_seed), np.random.seed(rank_seed)
-        # DDP registers the parameters that require grad when it wraps, so D is frozen only after.
-        G_train = DistributedDataParallel(G) if world > 1 else G
-        D_train = DistributedDataParallel(D) if world > 1 and D is not None else D
+            for seed_rng in (torch.manual_seed, random.seed, np.random.seed):
+                seed_rng(rank_seed)
+        # DDP registers the parameters that require grad when it wraps them, so D is frozen only after.
+        device_ids = [device.index] if device.type == "cuda" else None
+        G_train = DistributedDataParallel(G, device_ids) if world > 1 else G
+        D_train = DistributedDataParallel(D, device_ids) if world > 1 and cfg.gan else D
         if D is not None:
             D.requires_grad_(False)
-
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         sampler = StepBatches(len(dataset), cfg.seed, cfg.batch_size, rank, world, seen, max(stop - start, 0))
         batches = iter(torch.utils.data.DataLoader(EpochItems(dataset), batch_sampler=sampler,
                                                    num_workers=cfg.workers, pin_memory=device.type == "cuda"))
-        student_cfg = PRESETS[cfg.preset]
+
         if rank == 0:
-            run_dir = run_dir or _new_run_dir(Path(cfg.out), cfg)
-            log = RunLog(run_dir)
+            run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(Path(cfg.out), cfg)
             held_out = cfg.pairs / "val" if (cfg.pairs / "val" / "real").is_dir() else cfg.pairs
             shown = PairedDataset(held_out, cfg.res, augment=False)
             shown = [torch.stack(t).to(device) for t in zip(*(shown[i] for i in range(min(SAMPLES, len(shown)))))]
+            student_cfg, teachers = PRESETS[cfg.preset], _teachers(cfg.pairs)
             meta = {"student_config": asdict(student_cfg), "preset": cfg.preset, "resolution": cfg.res,
-                    "size_multiple": student_cfg.size_multiple, "run": run_dir.name, **_teachers(cfg.pairs)}
+                    "size_multiple": student_cfg.size_multiple, "run": run.path.name, **teachers}
             if state is None:
-                write_json_atomic(run_dir / "config.json", {
+                write_json_atomic(run.path / "config.json", {
                     "config": cfg.to_json(), "student": asdict(student_cfg), "world_size": world,
                     "global_batch": global_batch, "device": str(device), "amp": amp, "pairs": len(dataset),
-                    "teachers": _teachers(cfg.pairs), "torch": torch.__version__})
-                write_samples(run_dir / "samples" / "step-000000.png", G_ema, *shown)
+                    "teachers": teachers, "torch": torch.__version__})
+                run.samples(0, G_ema, *shown)
             elif state["world_size"] != world:
-                log.line(f"note: resuming on {world} process(es), the run had {state['world_size']}: "
-                         f"the global batch is now {global_batch}")
-            log.line(f"{'resuming' if state else 'starting'} {run_dir} at step {start} of {cfg.steps}: "
-                     f"{len(dataset)} pairs, {cfg.preset} student "
-                     f"({sum(p.numel() for p in G.parameters()) / 1e6:.2f}M parameters) at {cfg.res} px, "
-                     f"{world} process(es) on {device}, global batch {global_batch}")
+                run.log(f"note: resuming on {world} process(es), the run had {state['world_size']}: "
+                        f"the global batch is now {global_batch}")
+            run.log(f"{'resuming' if state else 'starting'} {run.path} at step {start} of {cfg.steps}: "
+                    f"{len(dataset)} pairs, {cfg.preset} student ({sum(p.numel() for p in G.parameters()) / 1e6:.2f}M "
+                    f"parameters) at {cfg.res} px, {world} process(es) on {device}, global batch {global_batch}")
+            bar = progress("steps")
+            task = bar.add_task("training", total=cfg.steps, completed=start)
+            bar.start()
 
         def checkpoint(done: int) -> None:
-            rng = _gather(_rng_state(), world)   # every rank's, so each resumes its own streams
-            if rank != 0:
-                return
-            training_state = {
-                "step": done, "samples_seen": seen + (done - start) * global_batch, "world_size": world,
-                "G": G.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
-                "D": D.state_dict() if D is not None else None,
-                "opt_D": opt_D.state_dict() if opt_D is not None else None,
-                "scaler": scaler.state_dict(), "rng": rng}
-            with atomic_path(run_dir / "checkpoints" / "latest.pt") as tmp:
-                torch.save(training_state, tmp)
-            save_student(G, run_dir / "student.pt", {**meta, "step": done, "ema": False})
-            save_student(G_ema, run_dir / "student-ema.pt", {**meta, "step": done, "ema": True})
+            rng = [_rng_state()] if world == 1 else [None] * world   # every rank's: each resumes its own
+            if world > 1:
+                dist.all_gather_object(rng, _rng_state())
+            if run is not None:
+                run.save({"step": done, "samples_seen": seen + (done - start) * global_batch, "world_size": world,
+                          "G": G.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
+                          "D": D.state_dict() if D else None, "opt_D": opt_D.state_dict() if opt_D else None,
+                          "scaler": scaler.state_dict(), "rng": rng}, G, G_ema, meta)
 
         done, sums, count, clock, began = start, {}, 0, time.perf_counter(), time.perf_counter()
-        bar = progress("steps") if rank == 0 else None
-        task = bar.add_task("training", total=cfg.steps, completed=start) if bar else None
-        if bar:
-            bar.start()
+        interrupted = False
         for step in range(start, stop):
             real, toon = (t.to(device, non_blocking=True) for t in next(batches))
             lr = learning_rate(cfg, step)
-            for opt in (opt_G, opt_D):
-                for group in opt.param_groups if opt is not None else ():
-                    group["lr"] = lr
+            for group in [*opt_G.param_groups, *(opt_D.param_groups if opt_D else [])]:
+                group["lr"] = lr
 
             # Generator: D (unwrapped and frozen) only passes gradients through to the student.
             with torch.autocast(device.type, enabled=amp):
@@ -481,7 +473,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             scaler.scale(loss_G).backward()
             _optimizer_step(opt_G, G, scaler, cfg.grad_clip)
 
-            # Discriminator: real pairs against the student's (detached) output.
+            # Discriminator: the real pairs against the student's (detached) output.
             if D is not None:
                 D.requires_grad_(True)
                 with torch.autocast(device.type, enabled=amp):
@@ -492,13 +484,12 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                 D.requires_grad_(False)
                 parts.update(d_parts)
             scaler.update()
-            # Ramp the decay up so that early in a run the average is not dominated by the initial weights.
+            # The ramp keeps the average from clinging to the random initial weights early in a run.
             update_ema(G_ema, G, min(cfg.ema_decay, (1 + step) / (10 + step)))
 
-            done = step + 1
+            done, count = step + 1, count + 1
             for key, value in parts.items():
                 sums[key] = sums.get(key, 0.0) + value.float()
-            count += 1
             if done % cfg.log_every == 0 or done == stop:
                 keys = sorted(sums)
                 means = torch.stack([sums[k] for k in keys]) / count
@@ -506,36 +497,39 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                     dist.all_reduce(means)
                     means /= world
                 now = time.perf_counter()
-                record = {"step": done, "lr": lr, "images_per_s": count * global_batch / (now - clock),
-                          **{f"loss/{k}": v for k, v in zip(keys, means.tolist())}}
-                if log:
-                    log.stats(record)
+                if run is not None:
+                    run.stats({"step": done, "lr": lr, "images_per_s": count * global_batch / (now - clock),
+                               **{f"loss/{k}": v for k, v in zip(keys, means.tolist())}})
                 sums, count, clock = {}, 0, now
-            if log and (done % cfg.sample_every == 0 or done == stop):
-                write_samples(run_dir / "samples" / f"step-{done:06d}.png", G_ema, *shown)
+            if run is not None and (done % cfg.sample_every == 0 or done == stop):
+                run.samples(done, G_ema, *shown)
             if done % cfg.checkpoint_every == 0 and done < stop:
                 checkpoint(done)
-            if bar:
+            if bar is not None:
                 bar.advance(task)
             if stopper.agreed(device):
+                interrupted = True
                 break
-        if bar:
-            bar.stop()
+
         checkpoint(done)
-        if log:
-            minutes = (time.perf_counter() - began) / 60
-            log.line(f"{'stopped' if done < cfg.steps else 'finished'} at step {done} of {cfg.steps} after "
-                     f"{minutes:.1f} min; run folder: {run_dir}")
-            log.line(f"  export: toonify-fast distill export --student {run_dir / 'student-ema.pt'} -o toonify.onnx"
-                     if done >= cfg.steps else f"  continue: toonify-fast distill train --resume {run_dir}")
-        if stopper.asked:
-            raise TrainError(f"stopped by a signal at step {done} of {cfg.steps}; the state is saved", run_dir,
-                             hint=f"continue with: toonify-fast distill train --resume {run_dir}", exit_code=130)
-        return TrainResult(run_dir if rank == 0 else None, done, G, G_ema)
+        if run is not None:
+            bar.stop()
+            finished = done >= cfg.steps
+            run.log(f"{'finished' if finished else 'stopped'} at step {done} of {cfg.steps} after "
+                    f"{(time.perf_counter() - began) / 60:.1f} min; run folder: {run.path}")
+            run.log(f"  export: toonify-fast distill export --student {run.path / 'student-ema.pt'} -o toonify.onnx"
+                    if finished else f"  continue: toonify-fast distill train --resume {run.path}")
+        if interrupted:
+            raise TrainError(f"stopped by a signal at step {done} of {cfg.steps}; the state is saved",
+                             run.path if run else None, exit_code=130,
+                             hint=f"continue with: toonify-fast distill train --resume {run.path if run else 'RUN'}")
+        return TrainResult(run.path if run else None, done, G, G_ema)
     finally:
+        if bar is not None:
+            bar.stop()
         stopper.close()
-        if log:
-            log.close()
+        if run is not None:
+            run.tb.close()
         if own_group:
             dist.destroy_process_group()
 

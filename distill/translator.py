@@ -49,10 +49,10 @@ PRESETS = {
     "full": StudentConfig(),
     # pix2pixHD's own global generator at ngf 16, 3 downsamplings (128 channels at 1/8 scale), 9
     # basic blocks, instance norm: 2.85M parameters, 7.0 GFLOPs per 256x256 image. bench/student.py
-    # (ONNX Runtime CPU, 2 threads, optimisation ALL, this 2-core AVX-512 machine, best of 7 rounds
-    # on a busy machine): 30 images/s at 256x256 batch 8 (52 ms at batch 1), 164 ms at 512x512
-    # batch 1, i.e. 1.5x headroom on both targets (15 images/s, 250 ms); a lighter-loaded run gave
-    # 23 images/s and 146 ms. Why this one among the candidates that pass:
+    # (ONNX Runtime CPU, 2 threads, optimisation ALL, this 2-core AVX-512 machine, best of rounds,
+    # three runs with other work going on): 23-30 images/s at 256x256 batch 8 (52-54 ms at batch
+    # 1), 146-164 ms at 512x512 batch 1: 1.5-1.7x headroom on both targets (15 images/s, 250 ms).
+    # Why this one among the candidates that pass:
     # - depthwise-separable blocks save FLOPs but not time here (ORT runs dense 3x3 convs far more
     #   efficiently per FLOP): 16-3d-9sep is only 1.4-1.5x faster for 1/3 of the compute and 1/6 of
     #   the weights; ngf 24-32 with separable blocks is slower than this and has fewer weights;
@@ -152,8 +152,8 @@ class LocalEnhancer(nn.Module):
         self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
         self.local_down = nn.Sequential(*_conv(3, cfg.ngf, cfg.norm, kernel=7),
                                         *_conv(cfg.ngf, cfg.ngf * 2, cfg.norm, stride=2))
-        self.local_up = nn.Sequential(*[ResidualBlock(cfg.ngf * 2, cfg.norm, cfg.block) for _ in range(cfg.n_blocks_local)],
-                                      *_up(cfg.ngf * 2, cfg.ngf, cfg.norm, cfg.upsample), *_to_rgb(cfg.ngf))
+        blocks = [ResidualBlock(cfg.ngf * 2, cfg.norm, cfg.block) for _ in range(cfg.n_blocks_local)]
+        self.local_up = nn.Sequential(*blocks, *_up(cfg.ngf * 2, cfg.ngf, cfg.norm, cfg.upsample), *_to_rgb(cfg.ngf))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.local_up(self.local_down(x) + self.global_net.features(self.downsample(x)))

@@ -108,13 +108,14 @@ def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx)."
 @app.command()
 def video(
     source: Annotated[Path, typer.Argument(
-        help="A video file (any format FFmpeg reads) or a folder of frames (converted in name order).",
-        show_default=False)],
+        metavar="SOURCE", show_default=False,
+        help="A video file (any format FFmpeg reads) or a folder of frames (converted in name order).")],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Output video (.mp4, .mkv, .mov, .webm: the extension picks the container) or "
                                "folder. Default: SOURCE_toon.mp4, or the folder SOURCE_toon for frames.")] = None,
     model: Annotated[Optional[Path], typer.Option(
-        "-m", "--model", help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")] = None,
+        "-m", "--model",
+        help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")] = None,
     provider: Annotated[str, typer.Option(
         help="ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), "
              "tensorrt, cuda or cpu.")] = "auto",

@@ -119,19 +119,34 @@ def unwrap(params: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
     return p
 
 
-def crop_motion(tracks: list[np.ndarray]) -> dict:
-    """How much crops move, over tracks of quad_params [T, 4]: `change` is the mean frame-to-frame
-    change of the centre (relative to the crop side) and of the scale (relative to the scale), as
-    asked in issue 5; `jitter` is the same on second differences, the shake that steady motion
-    does not explain (a face moving smoothly has a large change and no jitter)."""
-    sums = {k: [] for k in ("change_centre", "change_scale", "jitter_centre", "jitter_scale")}
-    for p in tracks:
-        c, s = p[:, :2], np.exp(p[:, 2])
-        sums["change_centre"] += list(np.linalg.norm(np.diff(c, axis=0), axis=1) / (2 * s[:-1]))
-        sums["change_scale"] += list(np.abs(np.diff(s)) / s[:-1])
-        sums["jitter_centre"] += list(np.linalg.norm(c[2:] - 2 * c[1:-1] + c[:-2], axis=1) / (2 * s[1:-1]))
-        sums["jitter_scale"] += list(np.abs(s[2:] - 2 * s[1:-1] + s[:-2]) / s[1:-1])
-    return {k: (float(np.mean(v)) if v else None) for k, v in sums.items()}
+class CropMotion:
+    """How much the crops move, accumulated frame by frame over tracks of quad_params (memory: the
+    last two params of each track). `change` is the mean frame-to-frame change of the centre
+    (relative to the crop side) and of the scale (relative to the scale), as issue 5 defines the
+    crop jitter; `jitter` is the same on second differences, the shake that steady motion does
+    not explain (a face moving smoothly has a large change and no jitter)."""
+    KEYS = ("change_centre", "change_scale", "jitter_centre", "jitter_scale")
+
+    def __init__(self):
+        self.sums, self.counts, self.recent = dict.fromkeys(self.KEYS, 0.0), dict.fromkeys(self.KEYS, 0), {}
+
+    def add(self, track_id: int, params: np.ndarray) -> None:
+        recent = self.recent[track_id] = (self.recent.get(track_id, ()) + (params,))[-3:]
+        c = [p[:2] for p in recent]
+        s = [math.exp(p[2]) for p in recent]
+        if len(recent) >= 2:
+            self._add("change_centre", np.hypot(*(c[-1] - c[-2])) / (2 * s[-2]))
+            self._add("change_scale", abs(s[-1] - s[-2]) / s[-2])
+        if len(recent) == 3:
+            self._add("jitter_centre", np.hypot(*(c[2] - 2 * c[1] + c[0])) / (2 * s[1]))
+            self._add("jitter_scale", abs(s[2] - 2 * s[1] + s[0]) / s[1])
+
+    def _add(self, key: str, value: float) -> None:
+        self.sums[key] += float(value)
+        self.counts[key] += 1
+
+    def summary(self) -> dict[str, float | None]:
+        return {k: (self.sums[k] / self.counts[k] if self.counts[k] else None) for k in self.KEYS}
 
 
 @dataclass
@@ -155,7 +170,8 @@ class FaceTracker:
     """Faces followed from frame to frame. A full detection (on a copy at most DETECT_SIDE px,
     tens of ms) runs every `every` frames, at scene cuts, and whenever a face's landmarks jump;
     in between, the previous frame's landmarks give the box for this frame's (~1 ms). Detections
-    that overlap a track keep its id, so one id is one face over a contiguous run of frames."""
+    that overlap a track keep its id, except across a cut, so one id is one face over a
+    contiguous run of frames of one shot (smoothing never mixes two shots)."""
 
     def __init__(self, every: int = 5):
         self.every, self.aligner, self.thumbnail = max(1, every), None, None
@@ -172,6 +188,8 @@ class FaceTracker:
         self.thumbnail = thumbnail
         cut = (previous is not None and previous.shape == thumbnail.shape
                and np.abs(thumbnail - previous).mean() > CUT_CHANGE)
+        if cut:
+            self.tracks = []
         if cut or self.age % self.every == 0 or not self._follow(rgb):
             self._detect(rgb)
         self.age += 1

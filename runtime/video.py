@@ -27,9 +27,9 @@ from typing import Iterator
 import numpy as np
 
 from runtime.common import atomic_path, console, progress, write_json_atomic
+from runtime.engine import Toonifier
 from runtime.faces import align, paste_back
-from runtime.tracking import (FaceTracker, GaussianWindow, OneEuroSmoother, crop_motion, params_quad,
-                              quad_params)
+from runtime.tracking import CropMotion, FaceTracker, GaussianWindow, OneEuroSmoother, params_quad, quad_params
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoReader, VideoWriter, atomic_dir
 
 QUEUE_FRAMES = 16        # frames in flight between two pipeline stages
@@ -113,10 +113,10 @@ def _centre_params(image: np.ndarray) -> np.ndarray:
     return np.array([(w - 1) / 2, (h - 1) / 2, math.log(min(h, w) / 2), 0.0])
 
 
-def _quads(source, cfg: VideoConfig, raw: dict, smooth: dict) -> Iterator[tuple[Frame, list[np.ndarray]]]:
+def _quads(source, cfg: VideoConfig, raw: CropMotion, smooth: CropMotion) -> Iterator[tuple[Frame, list[np.ndarray]]]:
     """Frames with their smoothed FFHQ quads, largest face first (--crop: exactly one quad, the
-    largest face's, else the last one seen). Each track's raw and smoothed quad params are
-    appended to `raw` and `smooth` for the report (a few numbers per face per frame)."""
+    largest face's, else the last one seen). `raw` and `smooth` measure the crops' motion
+    before and after smoothing, for the report."""
     tracker = FaceTracker(cfg.detect_every)
     smoother = OneEuroSmoother(float(source.rate or 30)) if cfg.live else GaussianWindow(cfg.sigma)
     pending, held = deque(), None
@@ -125,7 +125,7 @@ def _quads(source, cfg: VideoConfig, raw: dict, smooth: dict) -> Iterator[tuple[
         nonlocal held
         values = {i: smoother.smoothed(i, frame.index) for i in ids}
         for i, value in values.items():
-            smooth[i].append(value)
+            smooth.add(i, value)
         smoother.forget(frame.index)
         params = sorted(values.values(), key=lambda p: -p[2])
         frame.faces = len(params)
@@ -139,7 +139,7 @@ def _quads(source, cfg: VideoConfig, raw: dict, smooth: dict) -> Iterator[tuple[
         for track_id, quad in tracker(frame.image):
             p = quad_params(quad)
             smoother.add(track_id, frame.index, p)
-            raw[track_id].append(p)
+            raw.add(track_id, p)
             ids.append(track_id)
         pending.append((frame, ids))
         if len(pending) > smoother.lookahead:
@@ -171,7 +171,7 @@ class _Stats:
         self.previous = before, out
 
 
-def _run_stages(items: Iterator, toonifier, sink, stats: _Stats, crop: bool, advance) -> dict[str, float]:
+def _run_stages(items: Iterator, toonifier: Toonifier, sink, stats: _Stats, crop: bool, advance) -> dict[str, float]:
     """decode + track + align -> batched inference -> paste back + encode, one thread each.
     Returns the seconds each kind of work was busy."""
     stages, aligned, done = _Stages(), queue.Queue(QUEUE_FRAMES), queue.Queue(QUEUE_FRAMES)
@@ -245,6 +245,8 @@ def _open_source(cfg: VideoConfig):
     """Check the paths and options before any work; returns the frame reader."""
     if not cfg.input.exists():
         raise VideoError("no such file or folder", cfg.input, exit_code=2)
+    if cfg.output.resolve() == cfg.input.resolve():
+        raise VideoError("the output would overwrite the input", cfg.output, hint="choose another -o", exit_code=2)
     out_folder = _is_folder(cfg.output)
     if out_folder and cfg.output.exists() and (not cfg.output.is_dir() or any(cfg.output.iterdir())):
         raise VideoError("the output folder exists and is not empty", cfg.output,
@@ -266,14 +268,13 @@ def _open_source(cfg: VideoConfig):
 def convert_video(cfg: VideoConfig) -> dict:
     """Toonify a video file or a folder of frames (see the module docstring); returns the report
     (also written to cfg.report when set). Raises VideoError/ToonifyError for bad input."""
-    from runtime.engine import Toonifier      # ONNX Runtime loads only when something is converted
     started = time.perf_counter()
     source = _open_source(cfg)
     toonifier = Toonifier(cfg.model, cfg.provider, batch_size=cfg.batch_size)
     if toonifier.info.alignment != "ffhq":
         raise VideoError(f"this model converts whole images (alignment {toonifier.info.alignment!r}); video "
                          "conversion follows faces and needs an FFHQ-aligned face model", cfg.model, exit_code=2)
-    raw, smooth, stats = defaultdict(list), defaultdict(list), _Stats(measure=cfg.report is not None)
+    raw, smooth, stats = CropMotion(), CropMotion(), _Stats(measure=cfg.report is not None)
     folder = _is_folder(cfg.output)
     with (
         (atomic_dir(cfg.output) if folder else atomic_path(cfg.output)) as dest,
@@ -302,9 +303,9 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def _report(cfg: VideoConfig, toonifier, stats: _Stats, raw: dict, smooth: dict, seconds: float,
-            busy: dict[str, float]) -> dict:
-    before, after = (crop_motion([np.array(v) for v in d.values()]) for d in (raw, smooth))
+def _report(cfg: VideoConfig, toonifier: Toonifier, stats: _Stats, raw: CropMotion, smooth: CropMotion,
+            seconds: float, busy: dict[str, float]) -> dict:
+    before, after = raw.summary(), smooth.summary()
     mean = {k: (float(np.mean(v)) if v else None) for k, v in stats.change.items()}
     return {
         "input": str(cfg.input), "output": str(cfg.output), "model": str(cfg.model),
@@ -317,7 +318,7 @@ def _report(cfg: VideoConfig, toonifier, stats: _Stats, raw: dict, smooth: dict,
         # Mean absolute change (0-255) of the face region between consecutive frames: an output
         # that changes much more than its input flickers.
         "face_region_change": {**mean, "output_over_input": _ratio(mean["output"], mean["input"])},
-        # Crop motion of the alignment, before and after smoothing (runtime.tracking.crop_motion).
+        # Crop motion of the alignment, before and after smoothing (runtime.tracking.CropMotion).
         "crop_motion": {"raw": before, "smoothed": after,
                         "reduction": {k: _ratio(before[k], after[k]) for k in before}},
     }

@@ -160,6 +160,7 @@ class VideoWriter:
                              hint="use .mp4, .mkv, .mov or .webm, or a folder for frames") from None
         self.video = self.audio = self.audio_in = None
         self.shift = round(reader.first / reader.time_base) if reader.shifted else 0
+        self.last_pts = -math.inf
 
     def __enter__(self):
         return self
@@ -254,7 +255,9 @@ class VideoWriter:
         if any(self.pad):
             image = np.pad(image, ((0, self.pad[0]), (0, self.pad[1]), (0, 0)), mode="edge")
         out = av.VideoFrame.from_ndarray(np.ascontiguousarray(image), format="rgb24")
-        out.pts, out.time_base = frame.pts - self.shift, self.reader.time_base
+        # Encoders and muxers need increasing timestamps; a broken input may repeat one: nudge it a tick.
+        out.pts, out.time_base = max(frame.pts - self.shift, self.last_pts + 1), self.reader.time_base
+        self.last_pts = out.pts
         with self._writing():
             self.out.mux(self.video.encode(out))
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime.faces import FaceAligner, ffhq_quad
-from runtime.tracking import (FaceTracker, GaussianWindow, OneEuroFilter, OneEuroSmoother, crop_motion, params_quad,
+from runtime.tracking import (CropMotion, FaceTracker, GaussianWindow, OneEuroFilter, OneEuroSmoother, params_quad,
                               quad_params)
 
 
@@ -92,6 +92,14 @@ def test_one_euro_holds_a_still_face_and_follows_a_moving_one():
     assert np.mean(ramp[60:] - out[60:, 0]) < 0.2 * fixed_lag
 
 
+def crop_motion(tracks):
+    motion = CropMotion()
+    for track_id, params in enumerate(tracks):
+        for p in params:
+            motion.add(track_id, p)
+    return motion.summary()
+
+
 def test_crop_motion_separates_steady_motion_from_jitter():
     t = np.arange(50.0)
     steady = np.stack([100 + 3 * t, np.full(50, 50.0), np.full(50, math.log(40)), np.zeros(50)], axis=1)
@@ -101,7 +109,12 @@ def test_crop_motion_separates_steady_motion_from_jitter():
         {"change_centre": 3 / 80, "change_scale": 0, "jitter_centre": 0, "jitter_scale": 0})
     assert crop_motion([shaky]) == pytest.approx(
         {"change_centre": 2 / 80, "change_scale": 0, "jitter_centre": 4 / 80, "jitter_scale": 0})
-    assert crop_motion([]) == dict.fromkeys(["change_centre", "change_scale", "jitter_centre", "jitter_scale"])
+    growing = steady.copy()
+    growing[:, 2] = np.log(40 * 1.1 ** t)                # 10% bigger every frame
+    assert crop_motion([growing])["change_scale"] == pytest.approx(0.1)
+    # Two faces are two tracks: no difference is taken across them.
+    assert crop_motion([steady[:25], shaky[25:]])["change_centre"] == pytest.approx((24 * 3 + 24 * 2) / 48 / 80)
+    assert crop_motion([]) == dict.fromkeys(CropMotion.KEYS)
 
 
 def counting_detect(monkeypatch):
@@ -134,3 +147,10 @@ def test_tracker_drops_a_face_at_a_scene_cut(frames, monkeypatch):
     # Periodic detections at 16 and 21; the cut at 20 forces one there, and the face is gone at once.
     assert counts == [1, 1, 1, 1, 0, 0, 0, 0]
     assert len(calls) == 3
+    # The same face after a cut (here: a jump in exposure) starts a new track, so that smoothing
+    # never averages two shots.
+    tracker = FaceTracker(every=5)
+    before = [tracker(frames[i])[0][0] for i in (150, 151)]
+    brighter = np.clip(frames[152].astype(int) + 60, 0, 255).astype(np.uint8)
+    after = [tracker(brighter)[0][0], tracker(brighter)[0][0]]
+    assert before[0] == before[1] and after[0] == after[1] != before[1]

@@ -1,0 +1,191 @@
+"""Serving speed of the exported students on this machine, in one run: `python bench/runtime.py`.
+
+Measures, with the same random-weight students exported through `distill.export` (speed does
+not depend on the weights' values):
+- lite at 256x256 and 512x512, batch 1 and 8, through runtime.Toonifier (uint8 in, uint8 out):
+  images/s and latency; goals >= 15 images/s at 256x256 and <= 250 ms at 512x512;
+- ONNX Runtime CPU against PyTorch eager for the same student and shapes (goal >= 2x);
+- achieved GFLOP/s as a share of a matrix-multiply peak measured in the same run (goal >= 50%):
+  the peak is ONNX Runtime's own float32 GEMM (MLAS, same threads), the fairest ceiling for its
+  convolutions; numpy's GEMM is reported beside it;
+- cold start (session creation + first image, in a fresh interpreter that loads no torch; goal
+  <= 2 s) and that process's peak resident memory (goal <= 500 MB);
+- full (pix2pixHD's defaults) at 512x512 for comparison.
+Writes bench/results/runtime.json and prints a table. Options: --quick (fewer repeats), --no-full.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from distill.export import ExportConfig, export_student  # noqa: E402
+from distill.train import save_student  # noqa: E402
+from distill.translator import PRESETS, build_generator, count_flops  # noqa: E402
+from runtime.common import write_json_atomic  # noqa: E402
+from runtime.engine import Toonifier, physical_cores  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results" / "runtime.json"
+GOALS = {"lite_256_images_per_s": 15.0, "lite_512_b1_ms": 250.0, "ort_vs_torch": 2.0,
+         "peak_share": 0.5, "cold_start_s": 2.0, "peak_rss_mb": 500.0}
+
+COLD_START = """
+import json, re, sys, time
+import numpy as np
+t0 = time.perf_counter()
+from runtime.engine import Toonifier
+t1 = time.perf_counter()
+engine = Toonifier(sys.argv[1], provider="cpu")
+t2 = time.perf_counter()
+engine.run(np.zeros((1, int(sys.argv[2]), int(sys.argv[2]), 3), np.uint8))
+t3 = time.perf_counter()
+print(json.dumps({"import_s": t1 - t0, "session_s": t2 - t1, "first_image_s": t3 - t2,
+                  "cold_start_s": t3 - t1,
+                  # VmHWM: getrusage's ru_maxrss would count the benchmark process this one was forked from.
+                  "peak_rss_mb": int(re.search(r"VmHWM:\\s+(\\d+) kB", open("/proc/self/status").read())[1]) / 1024,
+                  "torch_loaded": "torch" in sys.modules}))
+"""
+
+
+def timed(fn, seconds: float, min_runs: int) -> dict:
+    """Call fn after one warm-up until `seconds` pass and at least `min_runs` ran: best and median time."""
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < min_runs or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"best_s": min(times), "median_s": float(np.median(times)), "runs": len(times)}
+
+
+def export(preset: str, res: int, tmp: Path) -> Path:
+    torch.manual_seed(0)
+    cfg = PRESETS[preset]
+    student = tmp / f"{preset}.pt"
+    save_student(build_generator(preset), student,
+                 {"student_config": asdict(cfg), "preset": preset, "resolution": res,
+                  "size_multiple": cfg.size_multiple})
+    export_student(ExportConfig(student=student, output=tmp / f"{preset}.onnx"))
+    return tmp / f"{preset}.onnx"
+
+
+def gemm_peak(threads: int, seconds: float) -> dict:
+    """float32 GEMM GFLOP/s: ONNX Runtime's MatMul (same session settings as the engine) and numpy's."""
+    n = 2048
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("MatMul", ["a", "b"], ["c"])], "gemm",
+        [onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [n, n])],
+        [onnx.helper.make_tensor_value_info("c", onnx.TensorProto.FLOAT, [n, n])],
+        [onnx.numpy_helper.from_array(a, "b")])
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=8)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    flops = 2 * n ** 3
+    ort_t = timed(lambda: session.run(None, {"a": a}), seconds, 5)
+    np_t = timed(lambda: a @ a, seconds, 5)
+    return {"ort_gflops": flops / ort_t["best_s"] / 1e9, "numpy_gflops": flops / np_t["best_s"] / 1e9, "n": n}
+
+
+def measure_model(preset: str, path: Path, shapes: list[tuple[int, int]], seconds: float, threads: int) -> dict:
+    """Per (side, batch): Toonifier and PyTorch eager times, images/s, GFLOP/s."""
+    engine = Toonifier(path, provider="cpu")
+    torch.manual_seed(0)
+    model = build_generator(preset).eval()
+    torch.set_num_threads(threads)
+    rows = {}
+    for side, batch in shapes:
+        images = np.random.default_rng(0).integers(0, 256, (batch, side, side, 3), dtype=np.uint8)
+        x = torch.rand(batch, 3, side, side) * 2 - 1
+        ort_t = timed(lambda: engine.run(images), seconds, 3)
+        with torch.inference_mode():
+            torch_t = timed(lambda: model(x), seconds, 2)
+        gflop = count_flops(model, side, side) / 1e9
+        rows[f"{side}x{side}_b{batch}"] = {
+            "side": side, "batch": batch, "gflop_per_image": gflop,
+            "ort_ms_per_batch": ort_t["best_s"] * 1e3, "ort_ms_per_batch_median": ort_t["median_s"] * 1e3,
+            "ort_images_per_s": batch / ort_t["best_s"], "ort_gflops": gflop * batch / ort_t["best_s"],
+            "torch_ms_per_batch": torch_t["best_s"] * 1e3, "torch_images_per_s": batch / torch_t["best_s"],
+            "ort_vs_torch": torch_t["best_s"] / ort_t["best_s"]}
+    return rows
+
+
+def cold_start(path: Path, side: int) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", COLD_START, str(path), str(side)], capture_output=True, text=True,
+                         env=env, cwd=ROOT, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (a smoke test, not a measurement)")
+    parser.add_argument("--no-full", action="store_true", help="skip the full pix2pixHD model")
+    args = parser.parse_args()
+    seconds = 0.5 if args.quick else 4.0
+    threads = physical_cores()
+    results: dict = {"machine": {"cpus": os.cpu_count(), "physical_cores": threads, "ort": ort.__version__,
+                                 "torch": torch.__version__}, "goals": GOALS}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        lite = export("lite", 256, tmp)
+        results["gemm_peak"] = gemm_peak(threads, seconds)
+        results["lite"] = measure_model("lite", lite, [(256, 1), (256, 8), (512, 1), (512, 8)], seconds, threads)
+        results["cold_start"] = {f"lite_{s}": cold_start(lite, s) for s in (256, 512)}
+        if not args.no_full:
+            full = export("full", 512, tmp)
+            results["full"] = measure_model("full", full, [(512, 1)], seconds, threads)
+            results["cold_start"]["full_512"] = cold_start(full, 512)
+    peak = results["gemm_peak"]["ort_gflops"]
+    lite_rows = results["lite"]
+    results["summary"] = {
+        "lite_256_images_per_s": max(lite_rows["256x256_b1"]["ort_images_per_s"], lite_rows["256x256_b8"]["ort_images_per_s"]),
+        "lite_512_b1_ms": lite_rows["512x512_b1"]["ort_ms_per_batch"],
+        "ort_vs_torch": min(r["ort_vs_torch"] for r in lite_rows.values()),
+        "peak_share": max(r["ort_gflops"] for r in lite_rows.values()) / peak,
+        "cold_start_s": results["cold_start"]["lite_256"]["cold_start_s"],
+        "peak_rss_mb": results["cold_start"]["lite_512"]["peak_rss_mb"],
+    }
+    write_json_atomic(RESULTS, results)
+    print_table(results)
+
+
+def print_table(results: dict) -> None:
+    print(f"GEMM peak (float32, {results['machine']['physical_cores']} threads): ONNX Runtime "
+          f"{results['gemm_peak']['ort_gflops']:.0f} GFLOP/s, numpy {results['gemm_peak']['numpy_gflops']:.0f} GFLOP/s")
+    print(f"{'model':6} {'shape':12} {'GFLOP/img':>9} {'ORT ms':>8} {'ORT img/s':>9} {'GFLOP/s':>8} "
+          f"{'%peak':>6} {'torch ms':>9} {'ORT/torch':>9}")
+    peak = results["gemm_peak"]["ort_gflops"]
+    for preset in ("lite", "full"):
+        for name, r in results.get(preset, {}).items():
+            print(f"{preset:6} {name:12} {r['gflop_per_image']:9.2f} {r['ort_ms_per_batch']:8.1f} "
+                  f"{r['ort_images_per_s']:9.1f} {r['ort_gflops']:8.1f} {100 * r['ort_gflops'] / peak:5.0f}% "
+                  f"{r['torch_ms_per_batch']:9.1f} {r['ort_vs_torch']:8.2f}x")
+    for name, c in results["cold_start"].items():
+        print(f"cold start {name}: import {c['import_s']:.2f} s, session {c['session_s']:.2f} s, first image "
+              f"{c['first_image_s']:.2f} s, peak RSS {c['peak_rss_mb']:.0f} MB, torch loaded: {c['torch_loaded']}")
+    print("goals:")
+    for key, value in results["summary"].items():
+        goal = GOALS[key]
+        ok = value <= goal if key in ("lite_512_b1_ms", "cold_start_s", "peak_rss_mb") else value >= goal
+        print(f"  {key:22} {value:10.2f}  goal {'<=' if key in ('lite_512_b1_ms', 'cold_start_s', 'peak_rss_mb') else '>='} "
+              f"{goal:g}  {'met' if ok else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
