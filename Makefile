@@ -40,8 +40,10 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m ""
 
+# The head-to-head benchmark compares against the demo's teacher and student.
 bench: $(STAMP)
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	test -f demo/demo.json || $(MAKE) demo
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) build *.egg-info
