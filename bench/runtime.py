@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from distill.export import ExportConfig, export_student  # noqa: E402
-from distill.train import save_student  # noqa: E402
+from distill.runs import save_student  # noqa: E402
 from distill.translator import PRESETS, build_generator, count_flops  # noqa: E402
 from runtime.common import write_json_atomic  # noqa: E402
 from runtime.engine import Toonifier, physical_cores  # noqa: E402

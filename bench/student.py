@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/student.py        # prints a table, writes bench/results/student.json
 
-Each candidate is exported to ONNX (opset 17, dynamic batch/height/width, the TorchScript
-exporter as distill/export.py uses) and run with the CPUExecutionProvider, graph optimisation
+Each candidate is exported to ONNX with distill.export.export_graph (opset 17, dynamic
+batch/height/width, the TorchScript exporter) and run with the CPUExecutionProvider, graph optimisation
 ALL and 2 intra-op threads, at 256x256 batch 1, 256x256 batch 8 and 512x512 batch 1. The
 machine may be busy with other work: candidates are timed round-robin within one run (every
 round times every candidate at every shape) and compared by their best round.
@@ -20,7 +20,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,10 +30,12 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from distill.export import export_graph  # noqa: E402
 from distill.translator import PRESETS, StudentConfig, build_generator, count_flops  # noqa: E402
 from runtime.common import console, progress, write_json_atomic  # noqa: E402
 
 SHAPES = ((256, 1), (256, 8), (512, 1))   # (side, batch)
+OPSET = 17
 TARGET_256_IMAGES_PER_S = 15.0
 TARGET_512_MS = 250.0
 
@@ -53,15 +54,6 @@ CANDIDATES = {
     "32-3d-9sep-bn": StudentConfig(ngf=32, n_downsampling=3, block="separable", norm="batch"),
     "16-4d-9sep-in": StudentConfig(ngf=16, n_downsampling=4, block="separable"),
 }
-
-
-def export_onnx(model: torch.nn.Module, path: Path) -> None:
-    axes = {0: "batch", 2: "height", 3: "width"}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and folding notices
-        torch.onnx.export(model, (torch.zeros(1, 3, 256, 256),), str(path), input_names=["input"],
-                          output_names=["output"], dynamic_axes={"input": axes, "output": axes},
-                          opset_version=17, dynamo=False, do_constant_folding=True)
 
 
 def cpu_session(path: Path, threads: int) -> ort.InferenceSession:
@@ -87,7 +79,7 @@ def measure(names: list[str], rounds: int, threads: int, tmp: Path) -> dict[str,
         exporting = bar.add_task("export", total=len(names))
         for name in names:
             model = build_generator(CANDIDATES[name]).eval()
-            export_onnx(model, tmp / f"{name}.onnx")
+            export_graph(model, torch.zeros(1, 3, 256, 256), tmp / f"{name}.onnx", OPSET)
             sessions[name] = cpu_session(tmp / f"{name}.onnx", threads)
             results[name] = {"config": asdict(CANDIDATES[name]),
                              "params": sum(p.numel() for p in model.parameters()),

@@ -4,17 +4,15 @@
 
 Formats: NVlabs network pickles (stylegan2-ada-pytorch, and the StyleGAN2 networks of the stylegan3
 repo), rosinality stylegan2-pytorch `.pt`, legacy TensorFlow StyleGAN2 pickles (the original Toonify
-models) and the project's own `.safetensors` (`save_generator`). Pickles go through a restricted
-unpickler that builds only tensors, arrays and plain containers; the source code they embed
-(`module_src`, `build_module_src`) stays an unused string. Every tensor is copied by name with a
-shape check against the configuration the file declares or implies.
+models) and the project's own `.safetensors` (`save_generator`). Pickles go through the restricted
+unpickler of distill.safe_pickle, which builds only tensors, arrays and plain containers; the source
+code they embed (`module_src`, `build_module_src`) stays an unused string. Every tensor is copied by
+name with a shape check against the configuration the file declares or implies.
 """
 from __future__ import annotations
 
 import argparse
-import collections
 import hashlib
-import io
 import json
 import os
 import pickle
@@ -26,13 +24,9 @@ from typing import Callable
 import numpy as np
 import torch
 
+from distill.safe_pickle import PersistentObject, RefusedGlobal, TFNetwork, load_pickle, refused_name
 from distill.stylegan2 import Generator
 from runtime.common import ToonifyError, atomic_path, console
-
-try:
-    from numpy._core import multiarray as _multiarray
-except ImportError:  # numpy < 1.26 has only the old spelling
-    from numpy.core import multiarray as _multiarray
 
 FORMATS_HINT = "pass an NVlabs .pkl, a rosinality .pt, a TensorFlow StyleGAN2 .pkl or a toonify-fast .safetensors"
 UNTRUSTED_HINT = "only load checkpoints from sources you trust; this file may be malicious"
@@ -45,80 +39,11 @@ class CheckpointError(ToonifyError):
     """A checkpoint that cannot be read: missing, damaged, unsupported or refused as unsafe."""
 
 
-# --- The restricted unpickler -------------------------------------------------------------------
-
-class PersistentObject:
-    """What NVlabs' `_reconstruct_persistent_obj(meta)` yields here: the class name and the module
-    state (`_parameters`, `_buffers`, `_modules`, `_init_kwargs`, ...), never an instance."""
-
-    def __init__(self, class_name: str, state: dict):
-        self.class_name, self.state = class_name, state
-
-
-def _reconstruct_persistent_obj(meta: dict) -> PersistentObject:
-    if not isinstance(meta, dict) or meta.get("type") != "class":
-        raise pickle.UnpicklingError("a persistent object that is not a class instance")
-    return PersistentObject(meta["class_name"], meta["state"])
-
-
-class EasyDict(dict):
-    """Stands in for `dnnlib.util.EasyDict` (a dict with attribute access)."""
-
-
-class TFNetwork:
-    """Stands in for `dnnlib.tflib.network.Network`: keeps its pickled state dict."""
-
-    def __setstate__(self, state: dict) -> None:
-        self.state = state
-
-
-class RefusedGlobal(pickle.UnpicklingError):
-    """A name outside the allow-list; its text is the name, e.g. `posix.system`."""
-
-
-def _storage_from_bytes(data: bytes):
-    # Tensors in plain pickles carry their storages as torch.save blobs: torch's restricted loader reads them.
-    try:
-        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        raise RefusedGlobal(found.group(1) if found else "an object inside a tensor storage") from None
-
-
-ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("builtins", "set"): set,
-    ("builtins", "frozenset"): frozenset,
-    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
-    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
-    ("torch.storage", "_load_from_bytes"): _storage_from_bytes,
-    ("torch_utils.persistence", "_reconstruct_persistent_obj"): _reconstruct_persistent_obj,
-    ("dnnlib.util", "EasyDict"): EasyDict,
-    ("dnnlib.tflib.network", "Network"): TFNetwork,
-    ("numpy", "dtype"): np.dtype,
-    ("numpy", "ndarray"): np.ndarray,
-    **{(module, name): getattr(_multiarray, name)
-       for module in ("numpy.core.multiarray", "numpy._core.multiarray") for name in ("scalar", "_reconstruct")},
-}
-
-
-class RestrictedUnpickler(pickle.Unpickler):
-    """Resolves only the names in ALLOWED: anything else stops the load before it can be called."""
-
-    def find_class(self, module: str, name: str):
-        try:
-            return ALLOWED[(module, name)]
-        except KeyError:
-            raise RefusedGlobal(f"{module}.{name}") from None
-
-    def persistent_load(self, pid):
-        raise pickle.UnpicklingError("persistent ids, which plain network pickles never use")
-
+# --- Network pickles, read without running them -------------------------------------------------
 
 def _unpickle(path: Path):
     try:
-        with open(path, "rb") as f:
-            return RestrictedUnpickler(f).load()
+        return load_pickle(path)
     except RefusedGlobal as e:
         raise CheckpointError(f"refused to load: the pickle asks for `{e}`, which is not on the allow-list "
                               "(tensors, arrays and network state); nothing it asked for was run",
@@ -452,8 +377,7 @@ def _torch_load(path: Path) -> dict:
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        raise CheckpointError(f"refused to load: the torch file asks for `{found.group(1) if found else e}`, which "
+        raise CheckpointError(f"refused to load: the torch file asks for `{refused_name(e) or e}`, which "
                               "weights-only loading does not allow; nothing it asked for was run", path,
                               UNTRUSTED_HINT) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile) as e:

@@ -23,7 +23,8 @@ from distill.evaluate import evaluate_student
 from distill.export import ExportConfig, bundled_portrait, export_student
 from distill.pairs import PairsConfig, generate_pairs, write_sample_grid
 from distill.stylegan2 import Generator
-from distill.train import TrainConfig, load_student, train
+from distill.runs import load_student
+from distill.train import TrainConfig, train
 from runtime.common import console, write_json_atomic
 from runtime.engine import Toonifier
 from runtime.images import read_image, write_image
@@ -119,7 +120,7 @@ def run_demo(cfg: DemoConfig) -> dict:
     student = result.run_dir / "student-ema.pt"
 
     console.print("4/6 eval: PSNR/SSIM against the teacher on the held-out pairs")
-    model, meta = load_student(student)
+    model, _ = load_student(student)
     report = evaluate_student(model, paths["pairs"] / "val", cfg.res)
     write_json_atomic(paths["eval"], report)
 

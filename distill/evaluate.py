@@ -19,7 +19,7 @@ from torch import nn
 
 from distill.data import PairedDataset
 from distill.pairs import resolve_device
-from distill.train import load_student
+from distill.runs import load_student
 from runtime.common import console, progress
 from runtime.images import nchw_to_hwc
 
@@ -72,9 +72,10 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return ssim_map.reshape(n, -1).mean(1)
 
 
-def _lpips_model(device: torch.device):
+def lpips_model(device: torch.device):
     """(LPIPS AlexNet model, None) when the lpips package and its backbone weights are local, else (None, why).
 
+    The model maps two [N, 3, H, W] batches in [-1, 1] to their distances, [N, 1, 1, 1] (0 = identical).
     Nothing is downloaded: without the cached torchvision AlexNet file LPIPS is skipped.
     """
     if importlib.util.find_spec("lpips") is None:
@@ -102,7 +103,7 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
     """
     dataset = PairedDataset(pairs_dir, res, augment=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
-    lpips_model, skipped = _lpips_model(torch.device(device))
+    lpips_net, skipped = lpips_model(torch.device(device))
     model = model.to(device).eval()
     scores = {name: {"psnr": [], "ssim": [], "lpips": []} for name in ("student", "identity")}
     with progress("pairs", transient=True) as bar:
@@ -114,9 +115,9 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
                 guess = _to_unit(guess)
                 scores[name]["psnr"].append(psnr(guess, target))
                 scores[name]["ssim"].append(ssim(guess, target))
-                if lpips_model is not None:
+                if lpips_net is not None:
                     # LPIPS takes [-1, 1]; the rounded images, like the other scores.
-                    d = lpips_model(guess.float().to(device) * 2 - 1, target.float().to(device) * 2 - 1)
+                    d = lpips_net(guess.float().to(device) * 2 - 1, target.float().to(device) * 2 - 1)
                     scores[name]["lpips"].append(d.flatten().double().cpu())
             bar.advance(task, len(real))
     report = {"pairs": str(pairs_dir), "count": len(dataset), "res": res,
@@ -128,7 +129,7 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
 
 def evaluate_file(student: str | os.PathLike, pairs_dir: str | os.PathLike, res: int | None = None,
                   device: str = "auto") -> dict:
-    """Load a student file (distill.train.load_student) and evaluate it; res defaults to its training size."""
+    """Load a student file (distill.runs.load_student) and evaluate it; res defaults to its training size."""
     model, meta = load_student(student)
     report = evaluate_student(model, pairs_dir, res or int(meta["resolution"]), device=resolve_device(device))
     report.update(student_file=str(student), step=meta.get("step"), preset=meta.get("preset"))

@@ -23,6 +23,7 @@ import torch
 from PIL import Image
 
 import runtime
+from distill.runs import load_student
 from runtime.common import ToonifyError, console, write_bytes_atomic
 from runtime.engine import ModelInfo
 from runtime.images import hwc_to_nchw, read_image
@@ -57,7 +58,9 @@ def bundled_portrait() -> Path:
     return path
 
 
-def _export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+    """Write `model` to the ONNX file `path` with the TorchScript exporter, traced on `example`
+    ([1, 3, H, W]): input 'input' and output 'output', both with dynamic batch, height and width."""
     axes = {0: "batch", 2: "height", 3: "width"}
     # The TorchScript exporter: fast, and it keeps plain ONNX ops for every layer the students use.
     # Its warnings (instance norm exported with input statistics, which is what eval mode computes
@@ -162,7 +165,6 @@ def write_triton_repository(onnx_path: Path, repo: Path, name: str, info: ModelI
 
 def export_student(cfg: ExportConfig) -> dict:
     """Export, check and write the student described by `cfg`; returns a report (paths, parity per input)."""
-    from distill.train import load_student
     if cfg.output.suffix != ".onnx":
         raise ExportError("the output must end in .onnx", path=cfg.output, exit_code=2)
     model, meta = load_student(cfg.student)
@@ -179,7 +181,7 @@ def export_student(cfg: ExportConfig) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         graph_path = Path(tmp) / "student.onnx"
-        _export_graph(model, torch.zeros(1, 3, res, res), graph_path, cfg.opset)
+        export_graph(model, torch.zeros(1, 3, res, res), graph_path, cfg.opset)
         graph = onnx.load(str(graph_path))
     if cfg.fp16:
         graph = _to_fp16(graph)

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import os
 import pickle
-import re
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.safe_pickle import refused_name
 from runtime.common import ToonifyError
 
 GAN_MODES = ("lsgan", "hinge")
@@ -130,7 +130,7 @@ def find_vgg_weights(arch: str = "vgg19", weights_path: str | os.PathLike | None
         f"random ones would be meaningless); looked in: {', '.join(str(p) for p in candidates)}",
         hint=f"pass --vgg-weights PATH to torchvision's {arch} state dict ({VGG_FILES[arch]}, keys "
              f"features.{{i}}.weight/bias; .pth or .safetensors), put it in the first folder above, "
-             f"or train without the perceptual loss with --no-vgg")
+             f"or run without the perceptual loss with --no-vgg")
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -142,10 +142,9 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))
-        if found is None:  # garbage fails to unpickle too
+        if (refused := refused_name(e)) is None:
             raise WeightsFileError("cannot read VGG weights: not a torch file, or a damaged one", path, hint) from None
-        raise WeightsFileError(f"refused to load: the file asks for `{found.group(1)}`, which weights-only "
+        raise WeightsFileError(f"refused to load: the file asks for `{refused}`, which weights-only "
                                "loading does not allow; nothing it asked for was run", path, hint) from None
     except Exception as e:  # any unreadable file is the user's to fix, whatever the loader raised
         first_line = (str(e).splitlines() or [""])[0]

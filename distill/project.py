@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpoint import load_generator
-from distill.evaluate import _lpips_model, psnr, ssim
+from distill.evaluate import lpips_model, psnr, ssim
 from distill.losses import vgg_features
 from distill.pairs import resolve_device
 from distill.stylegan2 import Generator
@@ -319,7 +319,7 @@ def compare_files(cfg: CompareConfig) -> dict:
     # The student runs where the teacher does: CPU (quietly) when projecting on CPU.
     toonifier = Toonifier(cfg.student, provider="cpu" if resolve_device(proj.device).type == "cpu" else "auto")
     size = toonifier.resolution
-    lpips_model, lpips_skipped = _lpips_model(torch.device("cpu"))
+    lpips_net, lpips_skipped = lpips_model(torch.device("cpu"))
     results = []
     for r in project_files(proj):
         if "skipped" in r:
@@ -333,16 +333,16 @@ def compare_files(cfg: CompareConfig) -> dict:
                             np.concatenate([crop, recon, toon, student], axis=1))
         scores = {"psnr": float(psnr(_unit(student), _unit(toon))[0]),
                   "ssim": float(ssim(_unit(student), _unit(toon))[0])}
-        if lpips_model is not None:
+        if lpips_net is not None:
             with torch.no_grad():
-                scores["lpips"] = float(lpips_model(*(torch.from_numpy(hwc_to_nchw(u8)) for u8 in (student, toon))))
+                scores["lpips"] = float(lpips_net(*(torch.from_numpy(hwc_to_nchw(u8)) for u8 in (student, toon))))
         results.append({"image": r["image"], "side_by_side": str(sheet), **scores, "projection_seconds": r["seconds"],
                         "student_ms": student_ms, "reconstruction_psnr": r["psnr"]})
         console.print(f"{Path(r['image']).name}: student vs projection+blend PSNR {scores['psnr']:.2f} dB, "
                       f"SSIM {scores['ssim']:.4f}; {r['seconds']:.1f} s against {student_ms:.1f} ms")
     scored = [r for r in results if "skipped" not in r]
     report = {"config": _jsonable(cfg), "student_resolution": size, "loss": _loss_name(proj),
-              "lpips": {"computed": True, "net": "alex"} if lpips_model is not None
+              "lpips": {"computed": True, "net": "alex"} if lpips_net is not None
               else {"computed": False, "reason": lpips_skipped},
               "mean": {m: float(np.mean([r[m] for r in scored])) for m in ("psnr", "ssim", "lpips")
                        if scored and m in scored[0]},

@@ -3,10 +3,10 @@
     toonify-fast distill train --pairs pairs/ --preset lite --res 256 --steps 20000 -o runs/
     torchrun --nproc_per_node 2 -m distill.train --pairs pairs/ ...   # DDP: NCCL on GPUs, gloo on CPU
 
-A run lives in a numbered folder (runs/00003-lite-256/): config.json, log.txt, stats.jsonl,
-tensorboard/, samples/step-000500.png (rows: input | student (EMA) | teacher), the training
-state checkpoints/latest.pt, and apart from it the weights that export and eval load with
-load_student: student-ema.pt (the EMA generator, the one to export) and student.pt (the raw one).
+A run lives in a numbered folder (runs/00003-lite-256/, its files kept by distill.runs): config.json,
+log.txt, stats.jsonl, tensorboard/, samples/step-000500.png (rows: input | student (EMA) | teacher),
+the training state checkpoints/latest.pt, and apart from it the weights that export and eval load
+with load_student: student-ema.pt (the EMA generator, the one to export) and student.pt (the raw one).
 The data a step sees is a pure function of (seed, position in the sample stream), so a run
 resumed with --resume ends with the same weights as one never stopped (bit for bit on the same
 device and thread count); Ctrl-C (or SIGTERM) finishes the current step, saves the state and exits.
@@ -28,28 +28,22 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.data import PairedDataset
 from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
 from distill.pairs import resolve_device
-from distill.translator import PRESETS, MultiscaleDiscriminator, StudentConfig, build_generator
-from runtime.common import ToonifyError, atomic_path, console, progress, write_json_atomic
-from runtime.images import nchw_to_hwc
+from distill.runs import RunFolder, read_run_config, rng_state, set_rng_state
+from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator
+from runtime.common import ToonifyError, console, progress
 
-STUDENT_FORMAT = "toonify-fast-student"
 # Settings that change nothing a run computes: a resumed run may give other values for these.
 SESSION_FIELDS = ("out", "workers", "device", "log_every", "sample_every", "checkpoint_every")
 SAMPLES = 8   # held-out pairs shown in every sample grid
 
 
 class TrainError(ToonifyError):
-    pass
-
-
-class StudentFileError(ToonifyError):
     pass
 
 
@@ -231,29 +225,9 @@ class StopRequest:
             signal.signal(s, handler)
 
 
-def _rng_state() -> dict:
-    kind, key, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "python": random.getstate(),
-            "numpy": (kind, key.tolist(), pos, has_gauss, gauss),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    kind, key, *rest = state["numpy"]
-    np.random.set_state((kind, np.array(key, np.uint32), *rest))
-    if state["cuda"]:
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig a run folder was started with (its config.json)."""
-    path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        raise TrainError("no config.json: not a training run folder", run_dir,
-                         hint="pass a folder made by `distill train`, e.g. runs/00003-lite-256")
-    return TrainConfig.from_json(json.loads(path.read_text())["config"])
+    return TrainConfig.from_json(read_run_config(run_dir)["config"])
 
 
 def _teachers(pairs: Path) -> dict:
@@ -262,96 +236,6 @@ def _teachers(pairs: Path) -> dict:
     meta = json.loads(path.read_text()) if path.is_file() else {}
     return {"teacher_base_sha256": meta.get("base_sha256", ""),
             "teacher_blended_sha256": meta.get("blended_sha256", "")}
-
-
-def save_student(G: nn.Module, path: Path, meta: dict) -> None:
-    """Weights only + metadata, readable with torch.load(weights_only=True), written atomically."""
-    state = {k: v.detach().cpu() for k, v in G.state_dict().items()}
-    with atomic_path(path) as tmp:
-        torch.save({"format": STUDENT_FORMAT, "version": 1, "state_dict": state, "meta": meta}, tmp)
-
-
-def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """A student file from `distill train` -> (generator in eval mode on CPU, metadata).
-
-    The generator maps [N, 3, H, W] in [-1, 1] to the same (H, W multiples of meta['size_multiple']).
-    Metadata: student_config, preset, resolution, size_multiple, step, ema, teacher_base_sha256,
-    teacher_blended_sha256. Tensors are checked key by key against the architecture.
-    """
-    path, hint = Path(path), "pass student-ema.pt (or student.pt) from a run folder made by `distill train`"
-    if not path.is_file():
-        raise StudentFileError("no such file", path, hint)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, zip errors... the reason is what matters
-        raise StudentFileError(f"cannot read it as a weights-only torch file ({str(e).splitlines()[0]})", path,
-                               hint) from None
-    if not isinstance(data, dict) or data.get("format") != STUDENT_FORMAT:
-        what = "training state (latest.pt), not student weights" if isinstance(data, dict) and "opt_G" in data \
-            else "not a toonify-fast student file"
-        raise StudentFileError(what, path, hint)
-    meta = data["meta"]
-    model = build_generator(StudentConfig(**meta["student_config"]))
-    expected, got = model.state_dict(), data["state_dict"]
-    for key, want in expected.items():
-        if key not in got or got[key].shape != want.shape:
-            found = "missing" if key not in got else f"shape {list(got[key].shape)}"
-            raise StudentFileError(f"tensor {key}: {found}, the architecture needs {list(want.shape)}", path, hint)
-    extra = sorted(set(got) - set(expected))
-    if extra:
-        raise StudentFileError(f"unexpected tensors for this architecture: {', '.join(extra[:5])}", path, hint)
-    model.load_state_dict(got)
-    return model.eval(), meta
-
-
-class RunFolder:
-    """The files of one run, all written by rank 0: a numbered folder with config.json, log.txt,
-    stats.jsonl, tensorboard/, samples/, checkpoints/latest.pt and the student files."""
-
-    def __init__(self, path: Path):
-        from torch.utils.tensorboard import SummaryWriter
-        self.path = path
-        self.tb = SummaryWriter(str(path / "tensorboard"))
-
-    @classmethod
-    def create(cls, out: Path, cfg: TrainConfig) -> RunFolder:
-        out.mkdir(parents=True, exist_ok=True)
-        number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
-        while True:   # another run may take the number between our look and our mkdir
-            path = out / f"{number:05d}-{cfg.preset}-{cfg.res}"
-            try:
-                path.mkdir()
-                return cls(path)
-            except FileExistsError:
-                number += 1
-
-    def log(self, text: str) -> None:
-        console.print(text)
-        with open(self.path / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
-
-    def stats(self, record: dict) -> None:
-        with open(self.path / "stats.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
-        for key, value in record.items():
-            if key != "step":
-                self.tb.add_scalar(key, value, record["step"])
-        self.tb.flush()
-
-    @torch.no_grad()
-    def samples(self, step: int, G: nn.Module, real: torch.Tensor, toon: torch.Tensor) -> None:
-        """samples/step-NNNNNN.png: rows input | student | teacher, one column per pair."""
-        rows = [nchw_to_hwc(x.float().cpu().numpy()) for x in (real, G(real), toon)]
-        grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
-        with atomic_path(self.path / "samples" / f"step-{step:06d}.png") as tmp:
-            Image.fromarray(grid).save(tmp, format="PNG")
-
-    def save(self, state: dict, G: nn.Module, G_ema: nn.Module, meta: dict) -> None:
-        """The training state, then the weights export loads (each file atomically)."""
-        with atomic_path(self.path / "checkpoints" / "latest.pt") as tmp:
-            torch.save(state, tmp)
-        save_student(G, self.path / "student.pt", {**meta, "step": state["step"], "ema": False})
-        save_student(G_ema, self.path / "student-ema.pt", {**meta, "step": state["step"], "ema": True})
 
 
 def _check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
@@ -407,7 +291,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                     target.load_state_dict(state[key])
         start, seen = (state["step"], state["samples_seen"]) if state else (0, 0)
         if state is not None and len(state["rng"]) == world:
-            _set_rng_state(state["rng"][rank])
+            set_rng_state(state["rng"][rank])
         else:
             rank_seed = int(np.random.SeedSequence([cfg.seed, rank]).generate_state(1)[0])
             for seed_rng in (torch.manual_seed, random.seed, np.random.seed):
@@ -424,7 +308,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                                                    num_workers=cfg.workers, pin_memory=device.type == "cuda"))
 
         if rank == 0:
-            run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(Path(cfg.out), cfg)
+            run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(Path(cfg.out), f"{cfg.preset}-{cfg.res}")
             held_out = cfg.pairs / "val" if (cfg.pairs / "val" / "real").is_dir() else cfg.pairs
             shown = PairedDataset(held_out, cfg.res, augment=False)
             shown = [torch.stack(t).to(device) for t in zip(*(shown[i] for i in range(min(SAMPLES, len(shown)))))]
@@ -432,7 +316,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             meta = {"student_config": asdict(student_cfg), "preset": cfg.preset, "resolution": cfg.res,
                     "size_multiple": student_cfg.size_multiple, "run": run.path.name, **teachers}
             if state is None:
-                write_json_atomic(run.path / "config.json", {
+                run.write_config({
                     "config": cfg.to_json(), "student": asdict(student_cfg), "world_size": world,
                     "global_batch": global_batch, "device": str(device), "amp": amp, "pairs": len(dataset),
                     "teachers": teachers, "torch": torch.__version__})
@@ -448,9 +332,9 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             bar.start()
 
         def checkpoint(done: int) -> None:
-            rng = [_rng_state()] if world == 1 else [None] * world   # every rank's: each resumes its own
+            rng = [rng_state()] if world == 1 else [None] * world   # every rank's: each resumes its own
             if world > 1:
-                dist.all_gather_object(rng, _rng_state())
+                dist.all_gather_object(rng, rng_state())
             if run is not None:
                 run.save({"step": done, "samples_seen": seen + (done - start) * global_batch, "world_size": world,
                           "G": G.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),

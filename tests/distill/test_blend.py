@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from distill.blend import (BlendConfig, BlendError, blend_generators, blend_state_dicts, block_weights,
                            layer_weights, parse_block_weights)
-from distill.checkpoint import file_sha256, load_generator, read_metadata, save_generator
+from distill.checkpoint import file_sha256, load_generator, read_metadata
 from distill.cli import app
 from tests.conftest import FIXTURES
 from tests.distill.teachers import BASE, make_toon

@@ -9,7 +9,7 @@ import torch
 
 from distill import export as export_module
 from distill.export import ExportConfig, ExportError, export_student
-from distill.train import StudentFileError, save_student
+from distill.runs import StudentFileError, load_student, save_student
 from distill.translator import PRESETS, build_generator
 from runtime.engine import Toonifier, read_model_info
 from runtime.images import hwc_to_nchw, nchw_to_hwc
@@ -56,7 +56,6 @@ def test_fp32_export_checks_parity_and_describes_itself(exported, student_file):
 
 
 def test_exported_model_runs_in_the_runtime_like_pytorch(exported, student_file):
-    from distill.train import load_student
     out, _ = exported
     model, _ = load_student(student_file)
     faces = np.random.default_rng(1).integers(0, 256, (3, RES * 2, RES, 3), dtype=np.uint8)  # dynamic N, H != W

@@ -17,7 +17,7 @@ from distill.export import ExportConfig, export_student
 from distill.losses import MissingWeightsError, find_vgg_weights
 from distill.pairs import seed_latents
 from distill.project import FeatureDistance, ProjectConfig, noise_maps, project_files, project_image
-from distill.train import save_student
+from distill.runs import save_student
 from distill.translator import PRESETS, build_generator
 from runtime.images import hwc_to_nchw, nchw_to_hwc, read_image, write_image
 from tests.conftest import PHOTOS

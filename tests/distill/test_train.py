@@ -19,21 +19,11 @@ from distill.cli import app
 from distill.evaluate import evaluate_student
 from distill.losses import VGG_PLANS, MissingWeightsError
 from distill.pairs import PairsConfig, generate_pairs
-from distill.train import (StepBatches, StudentFileError, TrainConfig, TrainError, learning_rate, load_run_config,
-                           load_student, train)
+from distill.runs import StudentFileError, load_student
+from distill.train import StepBatches, TrainConfig, TrainError, learning_rate, load_run_config, train
 from distill.translator import PRESETS, build_generator
 from runtime.common import ToonifyError
 from tests.conftest import FIXTURES
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared CPU OpenMP waits for it.
-    Module-wide: a thread count changes float sums, and the resume tests compare bit for bit."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_pair_folder(root, count=8, val=4, res=32):
@@ -243,7 +233,7 @@ def test_cli_trains_and_resume_refuses_new_settings(pairs, tmp_path):
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out) -> None:
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)   # a spawned process: the conftest's setting does not reach it
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(world))
     result = train(cfg)
