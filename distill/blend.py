@@ -122,20 +122,19 @@ def layer_weights(keys: list[str], cfg: BlendConfig) -> dict[str, float]:
 def check_same_architecture(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
                             names: tuple[str, str] = ("base", "toon")) -> None:
     """Raise BlendError naming the first key or shape on which two state_dicts differ."""
+    def differ(what: str) -> BlendError:
+        return BlendError(f"the models differ in architecture: {what}",
+                          hint="blend a fine-tune with the model it was fine-tuned from")
+
     for key, t in a.items():
         if key not in b:
-            raise BlendError(f"the models differ in architecture: {key} is in the {names[0]} model "
-                             f"but not in the {names[1]} model",
-                             hint="blend a fine-tune with the model it was fine-tuned from")
+            raise differ(f"{key} is in the {names[0]} model but not in the {names[1]} model")
         if tuple(t.shape) != tuple(b[key].shape):
-            raise BlendError(f"the models differ in architecture: {key} has shape {tuple(t.shape)} "
-                             f"in the {names[0]} model and {tuple(b[key].shape)} in the {names[1]} model",
-                             hint="blend a fine-tune with the model it was fine-tuned from")
+            raise differ(f"{key} has shape {tuple(t.shape)} in the {names[0]} model and "
+                         f"{tuple(b[key].shape)} in the {names[1]} model")
     for key in b:
         if key not in a:
-            raise BlendError(f"the models differ in architecture: {key} is in the {names[1]} model "
-                             f"but not in the {names[0]} model",
-                             hint="blend a fine-tune with the model it was fine-tuned from")
+            raise differ(f"{key} is in the {names[1]} model but not in the {names[0]} model")
 
 
 def blend_state_dicts(texture: Mapping[str, torch.Tensor], structure: Mapping[str, torch.Tensor],
