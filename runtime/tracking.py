@@ -17,10 +17,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.faces import FaceAligner, ffhq_quad
+from runtime.faces import Face, FaceAligner, ffhq_quad
 
 DETECT_SIDE = 640        # detection runs on frames scaled so their longer side is at most this
 CUT_CHANGE = 20.0        # mean change (0-255) of a 64 px wide thumbnail that marks a scene cut
+IDLE_EVERY = 3           # frames between detections while no face is followed (and no cut)
+FINE_EVERY = 30          # frames between fine (upsampled) detections at the least: 1 s at 30 fps
 
 
 def quad_params(quad: np.ndarray) -> np.ndarray:
@@ -167,21 +169,29 @@ def _iou(a, b) -> float:
 
 
 class FaceTracker:
-    """Faces followed from frame to frame. A full detection (on a copy at most DETECT_SIDE px,
-    tens of ms) runs every `every` frames, at scene cuts, and whenever a face's landmarks jump;
-    in between, the previous frame's landmarks give the box for this frame's (~1 ms). Detections
-    that overlap a track keep its id, except across a cut, so one id is one face over a
-    contiguous run of frames of one shot (smoothing never mixes two shots)."""
+    """Faces followed from frame to frame. In between detections the previous frame's landmarks
+    give the box for this frame's (~1 ms a face). Detections (on a copy at most DETECT_SIDE px)
+    come in two costs: coarse, dlib's HOG without upsampling (~18 ms at 640x360, faces from about
+    80 px in the copy), and fine, with one upsample (~75 ms, from about 40 px). A coarse one runs
+    every `every` frames while faces are followed, every IDLE_EVERY frames while none is, at scene
+    cuts and whenever a face's landmarks jump. A followed face that the coarse detection misses
+    is looked for again finely in its neighbourhood only (a small face); the whole frame is
+    searched finely only while no face is followed, at a cut and at most every FINE_EVERY frames.
+    Detections that overlap a track keep its id, except across a cut, so one id is one face over
+    a contiguous run of frames of one shot (smoothing never mixes two shots). `detections`
+    counts the detections of each kind."""
 
     def __init__(self, every: int = 5):
-        self.every, self.aligner, self.thumbnail = max(1, every), None, None
+        self.every, self.coarse, self.fine, self.thumbnail = max(1, every), None, None, None
         self.tracks: list[_Track] = []
-        self.next_id, self.age = 0, 0
+        self.next_id, self.age, self.detected_at, self.fine_at = 0, 0, -math.inf, -math.inf
+        self.detections = {"coarse": 0, "fine": 0, "fine_local": 0}
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """[H, W, 3] uint8 RGB -> [(track id, FFHQ quad [4, 2] float32)], largest face first."""
-        if self.aligner is None:
-            self.aligner = FaceAligner(detect_scale=min(1.0, DETECT_SIDE / max(rgb.shape[:2])))
+        if self.coarse is None:
+            scale = min(1.0, DETECT_SIDE / max(rgb.shape[:2]))
+            self.coarse, self.fine = FaceAligner(scale, upsample=0), FaceAligner(scale, upsample=1)
         # After a cut the predictor would still place landmarks where the face was: detect instead.
         step = max(1, rgb.shape[1] // 64)
         thumbnail, previous = rgb[::step, ::step].mean(axis=2), self.thumbnail
@@ -190,8 +200,11 @@ class FaceTracker:
                and np.abs(thumbnail - previous).mean() > CUT_CHANGE)
         if cut:
             self.tracks = []
-        if cut or self.age % self.every == 0 or not self._follow(rgb):
-            self._detect(rgb)
+        # Without a cut a face comes into view over several frames: looking every third frame
+        # finds it at most two frames late, for a third of the cost.
+        due = self.age - self.detected_at >= (self.every if self.tracks else IDLE_EVERY)
+        if cut or due or (self.tracks and not self._follow(rgb)):
+            self._detect(rgb, cut)
         self.age += 1
         tracks = sorted(self.tracks, key=lambda t: -np.prod(np.ptp(t.landmarks, axis=0)))
         return [(t.id, ffhq_quad(t.landmarks)) for t in tracks]
@@ -202,7 +215,7 @@ class FaceTracker:
             old = _bounds(t.landmarks)
             size = old[2:] - old[:2]
             box = old + t.box_from_landmarks * np.tile(size, 2)
-            lm = self.aligner.landmarks(rgb, tuple(int(round(v)) for v in box))
+            lm = self.coarse.landmarks(rgb, tuple(int(round(v)) for v in box))
             new = _bounds(lm)
             # The predictor always answers; a face that left its box shows as a jump or a resize.
             ratio = (new[2] - new[0]) / max(size[0], 1.0)
@@ -214,9 +227,33 @@ class FaceTracker:
             t.landmarks = lm
         return True
 
-    def _detect(self, rgb: np.ndarray) -> None:
+    def _find(self, rgb: np.ndarray, cut: bool) -> list[Face]:
+        if not self.tracks and (cut or self.age - self.fine_at >= FINE_EVERY):
+            self.detections["fine"] += 1
+            self.fine_at = self.age
+            return self.fine.detect(rgb)
+        self.detections["coarse"] += 1
+        faces = self.coarse.detect(rgb)
+        missed = [t for t in self.tracks if not any(_iou(_bounds(t.landmarks), _bounds(f.landmarks)) > 0.3
+                                                    for f in faces)]
+        return faces + [f for t in missed for f in self._look_closer(rgb, t)]
+
+    def _look_closer(self, rgb: np.ndarray, track: _Track) -> list[Face]:
+        """The largest face the fine detector finds within one face size around `track`."""
+        self.detections["fine_local"] += 1
+        b = _bounds(track.landmarks)
+        size = b[2:] - b[:2]
+        h, w = rgb.shape[:2]
+        x0, y0 = np.clip(np.floor(b[:2] - size).astype(int), 0, None)
+        x1, y1 = np.minimum(np.ceil(b[2:] + size).astype(int), (w, h))
+        shift = np.array([x0, y0])
+        return [Face(tuple(int(v) for v in np.array(f.box) + np.tile(shift, 2)), f.landmarks + shift, f.quad + shift)
+                for f in self.fine.detect(rgb[y0:y1, x0:x1], max_faces=1)]
+
+    def _detect(self, rgb: np.ndarray, cut: bool) -> None:
+        self.detected_at = self.age
         tracks = []
-        for face in self.aligner.detect(rgb):
+        for face in self._find(rgb, cut):
             b = _bounds(face.landmarks)
             size = np.tile(np.maximum(b[2:] - b[:2], 1.0), 2)
             taken = {t.id for t in tracks}

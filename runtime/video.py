@@ -14,12 +14,15 @@ run has succeeded, so Ctrl-C or a crash leaves nothing half-written.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import os
 import queue
 import threading
 import time
 from collections import defaultdict, deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -33,6 +36,8 @@ from runtime.tracking import CropMotion, FaceTracker, GaussianWindow, OneEuroSmo
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoReader, VideoWriter, atomic_dir
 
 QUEUE_FRAMES = 16        # frames in flight between two pipeline stages
+READ_AHEAD_FRAMES = 120  # at most this many aligned frames wait for inference,
+READ_AHEAD_BYTES = 2**27 # and at most this much memory of frames (but at least QUEUE_FRAMES frames)
 
 
 @dataclass(frozen=True)
@@ -67,7 +72,7 @@ class _Stages:
 
     def __init__(self):
         self.stop, self.errors, self.threads = threading.Event(), [], []
-        self.busy = defaultdict(float)
+        self.busy, self.lock = defaultdict(float), threading.Lock()
 
     def start(self, fn) -> None:
         def run():
@@ -94,11 +99,18 @@ class _Stages:
                 return q.get(timeout=0.1)
         raise _Stopped
 
+    def wait(self, future: Future):
+        while not self.stop.is_set():
+            with contextlib.suppress(FutureTimeout):
+                return future.result(timeout=0.1)
+        raise _Stopped
+
     @contextlib.contextmanager
     def timed(self, work: str):
         start = time.perf_counter()
         yield
-        self.busy[work] += time.perf_counter() - start
+        with self.lock:                        # inference runs in several threads at once
+            self.busy[work] += time.perf_counter() - start
 
     def join(self) -> None:
         for thread in self.threads:
@@ -171,10 +183,19 @@ class _Stats:
         self.previous = before, out
 
 
-def _run_stages(items: Iterator, toonifier: Toonifier, sink, stats: _Stats, crop: bool, advance) -> dict[str, float]:
-    """decode + track + align -> batched inference -> paste back + encode, one thread each.
-    Returns the seconds each kind of work was busy."""
-    stages, aligned, done = _Stages(), queue.Queue(QUEUE_FRAMES), queue.Queue(QUEUE_FRAMES)
+def _run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats: _Stats, crop: bool,
+                advance) -> dict[str, float]:
+    """decode + track + align -> batched inference -> paste back + encode: one thread each, and
+    `workers` inference runs at a time. Returns the seconds each kind of work was busy."""
+    stages = _Stages()
+    with stages.timed("decode_and_track"):
+        first = next(items, _END)
+    # Read ahead as far as memory allows: the tracker's slow stretches (detection on frames without
+    # faces) then overlap the inference of the frames before them.
+    ahead = QUEUE_FRAMES if first is _END else max(QUEUE_FRAMES, min(READ_AHEAD_FRAMES,
+                                                                     READ_AHEAD_BYTES // first[0].image.nbytes))
+    items = itertools.chain([first], items)
+    aligned, done = queue.Queue(ahead), queue.Queue(QUEUE_FRAMES)
     size = toonifier.resolution
 
     def align_stage():
@@ -190,7 +211,8 @@ def _run_stages(items: Iterator, toonifier: Toonifier, sink, stats: _Stats, crop
 
     def write_stage():
         while (item := stages.get(done)) is not _END:
-            frame, quads, crops, toons = item
+            frame, quads, crops, toons, first = item
+            toons = stages.wait(toons)[first:first + len(crops)]
             with stages.timed("paste_back"):
                 out = toons[0] if crop else frame.image
                 for quad, toon in zip([] if crop else quads, toons):
@@ -200,7 +222,11 @@ def _run_stages(items: Iterator, toonifier: Toonifier, sink, stats: _Stats, crop
                 sink.write(frame, out, None if crop else frame.alpha)
             advance()
 
-    def infer():
+    def run(batch):
+        with stages.timed("inference"):
+            return toonifier.run(batch)
+
+    def infer(pool):
         pending, crops = [], 0
         while True:
             item = stages.get(aligned)
@@ -209,18 +235,19 @@ def _run_stages(items: Iterator, toonifier: Toonifier, sink, stats: _Stats, crop
                 crops += len(item[2])
             # Frames without faces wait for the batch too, which keeps the output in order.
             if pending and (item is _END or crops >= toonifier.batch_size or len(pending) >= QUEUE_FRAMES):
-                with stages.timed("inference"):
-                    toons = iter(toonifier.run([c for _, _, cs in pending for c in cs]))
+                toons, first = pool.submit(run, [c for _, _, cs in pending for c in cs]), 0
                 for frame, quads, cs in pending:
-                    stages.put(done, (frame, quads, cs, [next(toons) for _ in cs]))
+                    stages.put(done, (frame, quads, cs, toons, first))
+                    first += len(cs)
                 pending, crops = [], 0
             if item is _END:
                 return stages.put(done, _END)
 
     stages.start(align_stage)
     stages.start(write_stage)
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="toonify-video-inference")
     try:
-        infer()
+        infer(pool)
     except _Stopped:
         pass                                   # a stage failed: join() raises its error
     except BaseException:
@@ -228,6 +255,8 @@ def _run_stages(items: Iterator, toonifier: Toonifier, sink, stats: _Stats, crop
         with contextlib.suppress(BaseException):
             stages.join()
         raise
+    finally:
+        pool.shutdown(cancel_futures=True)
     stages.join()
     return dict(stages.busy)
 
@@ -270,7 +299,8 @@ def convert_video(cfg: VideoConfig) -> dict:
     (also written to cfg.report when set). Raises VideoError/ToonifyError for bad input."""
     started = time.perf_counter()
     source = _open_source(cfg)
-    toonifier = Toonifier(cfg.model, cfg.provider, batch_size=cfg.batch_size)
+    toonifier = Toonifier(cfg.model, cfg.provider, threads=int(os.environ.get("TF_THREADS", "0")) or None, batch_size=cfg.batch_size)
+    workers = int(os.environ.get("TF_WORKERS", "1"))
     if toonifier.info.alignment != "ffhq":
         raise VideoError(f"this model converts whole images (alignment {toonifier.info.alignment!r}); video "
                          "conversion follows faces and needs an FFHQ-aligned face model", cfg.model, exit_code=2)
@@ -282,7 +312,7 @@ def convert_video(cfg: VideoConfig) -> dict:
         progress("frames") as bar,
     ):
         task = bar.add_task("toonifying", total=source.frames_hint)
-        busy = _run_stages(_quads(source, cfg, raw, smooth), toonifier, sink, stats, cfg.crop,
+        busy = _run_stages(_quads(source, cfg, raw, smooth), toonifier, workers, sink, stats, cfg.crop,
                            lambda: bar.advance(task))
         if not stats.faces:
             trimmed = cfg.start is not None or cfg.end is not None

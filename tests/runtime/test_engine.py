@@ -161,3 +161,15 @@ def test_provider_missing_from_the_build_is_named(tmp_path, capsys, monkeypatch)
                                        "(it needs onnxruntime-gpu)\n")
     assert Toonifier(build_model(tmp_path / "m.onnx"), provider="auto").provider == "cpu"
     assert capsys.readouterr().err == ""       # 'auto' on a CPU-only build is no news
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("provider,label", [("cuda", "cuda"), ("tensorrt", "tensorrt")])
+def test_gpu_providers_run_exactly_and_report_themselves(tmp_path, provider, label):
+    """On a machine with a GPU (`pytest -m gpu`): the session really gets the provider, with IO
+    binding and warm-up, and the result equals the CPU path's."""
+    path = build_model(tmp_path / "m.onnx", "invert", resolution=32)
+    engine = Toonifier(path, provider=provider)
+    assert engine.provider == label and not engine.fallbacks
+    faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    np.testing.assert_array_equal(np.stack(engine.run(faces)), 255 - faces)
