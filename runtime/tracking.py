@@ -1,7 +1,7 @@
 """Faces over time: a tracker that follows each face from frame to frame cheaply, the crop
 reduced to four numbers, Gaussian (offline) and One Euro (live) smoothing, and crop-motion metrics.
 
-    tracker, smoother = FaceTracker(every=5), GaussianWindow(sigma=2.0)
+    tracker, smoother = FaceTracker(every=5), GaussianWindow(sigma=3.0)
     for track_id, quad in tracker(frame): smoother.add(track_id, index, quad_params(quad))
     quad = params_quad(smoother.smoothed(track_id, index))    # once `lookahead` more frames were added
 
@@ -23,6 +23,7 @@ DETECT_SIDE = 640        # detection runs on frames scaled so their longer side 
 CUT_CHANGE = 20.0        # mean change (0-255) of a 64 px wide thumbnail that marks a scene cut
 IDLE_EVERY = 3           # frames between detections while no face is followed (and no cut)
 FINE_EVERY = 30          # frames between fine (upsampled) detections at the least: 1 s at 30 fps
+SAME_FACE = 0.3          # boxes overlapping by more than this (intersection over union) are one face
 
 
 def quad_params(quad: np.ndarray) -> np.ndarray:
@@ -151,6 +152,22 @@ class CropMotion:
         return {k: (self.sums[k] / self.counts[k] if self.counts[k] else None) for k in self.KEYS}
 
 
+class CropOffset:
+    """How far smoothing moves the crop centre from the raw one, relative to the raw crop's side:
+    what smoothing costs in lag (plus the noise it removes). Mean and max over all faces and frames."""
+
+    def __init__(self):
+        self.total, self.count, self.max = 0.0, 0, 0.0
+
+    def add(self, raw: np.ndarray, smoothed: np.ndarray) -> None:
+        """Both as quad_params of the same face on the same frame."""
+        offset = float(np.hypot(*(smoothed[:2] - raw[:2])) / (2 * math.exp(raw[2])))
+        self.total, self.count, self.max = self.total + offset, self.count + 1, max(self.max, offset)
+
+    def summary(self) -> dict[str, float | None]:
+        return {"mean": self.total / self.count if self.count else None, "max": self.max if self.count else None}
+
+
 @dataclass
 class _Track:
     id: int
@@ -170,16 +187,15 @@ def _iou(a, b) -> float:
 
 class FaceTracker:
     """Faces followed from frame to frame. In between detections the previous frame's landmarks
-    give the box for this frame's (~1 ms a face). Detections (on a copy at most DETECT_SIDE px)
-    come in two costs: coarse, dlib's HOG without upsampling (~18 ms at 640x360, faces from about
-    80 px in the copy), and fine, with one upsample (~75 ms, from about 40 px). A coarse one runs
-    every `every` frames while faces are followed, every IDLE_EVERY frames while none is, at scene
-    cuts and whenever a face's landmarks jump. A followed face that the coarse detection misses
-    is looked for again finely in its neighbourhood only (a small face); the whole frame is
-    searched finely only while no face is followed, at a cut and at most every FINE_EVERY frames.
-    Detections that overlap a track keep its id, except across a cut, so one id is one face over
-    a contiguous run of frames of one shot (smoothing never mixes two shots). `detections`
-    counts the detections of each kind."""
+    give the box for this frame's (~1 ms a face). Detection (on a copy at most DETECT_SIDE px) is
+    coarse, dlib's HOG without upsampling (~18 ms at 640x360, faces from about 80 px in the copy),
+    or fine, with one upsample (~75 ms, from about 40 px). A coarse one runs every `every` frames
+    while faces are followed, every IDLE_EVERY frames while none is, at scene cuts and whenever a
+    face's landmarks jump. When it finds nothing while no face is followed, a fine one follows at
+    a cut and at most every FINE_EVERY frames otherwise; a followed face it misses (a small one)
+    is looked for finely in its neighbourhood only. Detections that overlap a track keep its id,
+    except across a cut, so one id is one face over a contiguous run of frames of one shot
+    (smoothing never mixes two shots). `detections` counts the detections of each kind."""
 
     def __init__(self, every: int = 5):
         self.every, self.coarse, self.fine, self.thumbnail = max(1, every), None, None, None
@@ -228,15 +244,17 @@ class FaceTracker:
         return True
 
     def _find(self, rgb: np.ndarray, cut: bool) -> list[Face]:
-        if not self.tracks and (cut or self.age - self.fine_at >= FINE_EVERY):
+        self.detections["coarse"] += 1
+        faces = self.coarse.detect(rgb)
+        if not faces and not self.tracks and (cut or self.age - self.fine_at >= FINE_EVERY):
             self.detections["fine"] += 1
             self.fine_at = self.age
             return self.fine.detect(rgb)
-        self.detections["coarse"] += 1
-        faces = self.coarse.detect(rgb)
-        missed = [t for t in self.tracks if not any(_iou(_bounds(t.landmarks), _bounds(f.landmarks)) > 0.3
+        missed = [t for t in self.tracks if not any(_iou(_bounds(t.landmarks), _bounds(f.landmarks)) > SAME_FACE
                                                     for f in faces)]
-        return faces + [f for t in missed for f in self._look_closer(rgb, t)]
+        closer = [f for t in missed for f in self._look_closer(rgb, t)]
+        return faces + [f for f in closer if not any(_iou(_bounds(f.landmarks), _bounds(g.landmarks)) > SAME_FACE
+                                                     for g in faces)]
 
     def _look_closer(self, rgb: np.ndarray, track: _Track) -> list[Face]:
         """The largest face the fine detector finds within one face size around `track`."""
@@ -244,10 +262,12 @@ class FaceTracker:
         b = _bounds(track.landmarks)
         size = b[2:] - b[:2]
         h, w = rgb.shape[:2]
-        x0, y0 = np.clip(np.floor(b[:2] - size).astype(int), 0, None)
-        x1, y1 = np.minimum(np.ceil(b[2:] + size).astype(int), (w, h))
-        shift = np.array([x0, y0])
-        return [Face(tuple(int(v) for v in np.array(f.box) + np.tile(shift, 2)), f.landmarks + shift, f.quad + shift)
+        x0, y0 = np.clip(np.floor(b[:2] - size).astype(int), 0, (w, h))
+        x1, y1 = np.clip(np.ceil(b[2:] + size).astype(int), 0, (w, h))
+        if x1 - x0 < 2 or y1 - y0 < 2:                 # the face has left the frame
+            return []
+        shift = np.array([x0, y0], np.float32)
+        return [Face((f.box[0] + x0, f.box[1] + y0, f.box[2] + x0, f.box[3] + y0), f.landmarks + shift, f.quad + shift)
                 for f in self.fine.detect(rgb[y0:y1, x0:x1], max_faces=1)]
 
     def _detect(self, rgb: np.ndarray, cut: bool) -> None:
@@ -259,7 +279,7 @@ class FaceTracker:
             taken = {t.id for t in tracks}
             best = max((t for t in self.tracks if t.id not in taken), default=None,
                        key=lambda t: _iou(_bounds(t.landmarks), b))
-            if best is not None and _iou(_bounds(best.landmarks), b) > 0.3:
+            if best is not None and _iou(_bounds(best.landmarks), b) > SAME_FACE:
                 track_id = best.id
             else:
                 track_id, self.next_id = self.next_id, self.next_id + 1

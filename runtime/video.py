@@ -3,18 +3,18 @@ bounded memory whatever the clip length.
 
     convert_video(VideoConfig(Path("clip.mp4"), Path("toon.mp4"), model=Path("exports/toonify.onnx")))
 
-Three threads joined by bounded queues: (1) decode, follow the faces (runtime.tracking), smooth
-each face's crop over time and align it; (2) run the model on batches of crops; (3) paste back
-and encode. The offline smoothing is a Gaussian over the frames before and after, so stage 1
-holds each frame until 3 sigma later frames are tracked (a fixed lookahead of 6 frames by
-default); `live` uses a causal One Euro filter instead, with no lookahead, as a webcam needs.
+Threads joined by bounded queues: (1) decode, follow the faces (runtime.tracking), smooth each
+face's crop over time and align it; (2) run the model on batches of crops, on CPU one
+single-threaded run per core at a time; (3) paste back and encode. The offline smoothing is a
+Gaussian over the frames before and after, so stage 1 holds each frame until 3 sigma later
+frames are tracked (a fixed lookahead of 9 frames by default); `live` uses a causal One Euro
+filter instead, with no lookahead, as a webcam needs.
 Timestamps and audio packets are copied; the output appears (one rename) only when the whole
 run has succeeded, so Ctrl-C or a crash leaves nothing half-written.
 """
 from __future__ import annotations
 
 import contextlib
-import itertools
 import math
 import os
 import queue
@@ -23,21 +23,20 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from runtime.common import atomic_path, console, progress, write_json_atomic
-from runtime.engine import Toonifier
-from runtime.faces import align, paste_back
-from runtime.tracking import CropMotion, FaceTracker, GaussianWindow, OneEuroSmoother, params_quad, quad_params
+from runtime.engine import Toonifier, physical_cores
+from runtime.faces import FaceAligner, align, paste_back
+from runtime.tracking import (CropMotion, CropOffset, FaceTracker, GaussianWindow, OneEuroSmoother, params_quad,
+                              quad_params)
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoReader, VideoWriter, atomic_dir
 
 QUEUE_FRAMES = 16        # frames in flight between two pipeline stages
-READ_AHEAD_FRAMES = 120  # at most this many aligned frames wait for inference,
-READ_AHEAD_BYTES = 2**27 # and at most this much memory of frames (but at least QUEUE_FRAMES frames)
 
 
 @dataclass(frozen=True)
@@ -47,6 +46,7 @@ class VideoConfig:
     model: Path
     provider: str = "auto"
     batch_size: int | None = None   # face crops per inference run (None: the engine's default)
+    threads: int | None = None      # ONNX Runtime threads per run on CPU (None: 1, one run per core at a time)
     start: float | None = None      # seconds from the start of the clip
     end: float | None = None
     max_frames: int | None = None
@@ -54,8 +54,11 @@ class VideoConfig:
     live: bool = False              # causal One Euro smoothing instead of the Gaussian with lookahead
     codec: str = "libx264"
     crf: int = 18
-    sigma: float = 2.0              # offline smoothing width, frames
-    detect_every: int = 5           # full detection every this many frames (and at cuts, and when a face is lost)
+    # Offline smoothing width, frames. On the shared clip (bench/video.py) sigma 3 cuts the crop scale's
+    # frame-to-frame change 4x (2: 2.9x) and keeps the smoothed centre 2.3% of the crop side from the raw
+    # one (2: 1.5%); the centre's change is mostly the face's own motion, which smoothing must keep.
+    sigma: float = 3.0
+    detect_every: int = 5           # a detection every this many frames while faces are followed (see FaceTracker)
     report: Path | None = None
 
 
@@ -119,25 +122,33 @@ class _Stages:
             raise self.errors[0]
 
 
+@dataclass
+class _Motion:
+    """The crops' motion before and after smoothing, and how far smoothing moved them (the report's
+    crop_motion)."""
+    raw: CropMotion = field(default_factory=CropMotion)
+    smooth: CropMotion = field(default_factory=CropMotion)
+    offset: CropOffset = field(default_factory=CropOffset)
+
+
 def _centre_params(image: np.ndarray) -> np.ndarray:
     """The largest centred square, for --crop frames before any face was seen."""
     h, w = image.shape[:2]
     return np.array([(w - 1) / 2, (h - 1) / 2, math.log(min(h, w) / 2), 0.0])
 
 
-def _quads(source, cfg: VideoConfig, raw: CropMotion, smooth: CropMotion) -> Iterator[tuple[Frame, list[np.ndarray]]]:
+def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> Iterator[tuple[Frame, list[np.ndarray]]]:
     """Frames with their smoothed FFHQ quads, largest face first (--crop: exactly one quad, the
-    largest face's, else the last one seen). `raw` and `smooth` measure the crops' motion
-    before and after smoothing, for the report."""
-    tracker = FaceTracker(cfg.detect_every)
+    largest face's, else the last one seen). `motion` measures the crops before and after smoothing."""
     smoother = OneEuroSmoother(float(source.rate or 30)) if cfg.live else GaussianWindow(cfg.sigma)
     pending, held = deque(), None
 
-    def finish(frame: Frame, ids: list[int]):
+    def finish(frame: Frame, raw: dict[int, np.ndarray]):
         nonlocal held
-        values = {i: smoother.smoothed(i, frame.index) for i in ids}
+        values = {i: smoother.smoothed(i, frame.index) for i in raw}
         for i, value in values.items():
-            smooth.add(i, value)
+            motion.smooth.add(i, value)
+            motion.offset.add(raw[i], value)
         smoother.forget(frame.index)
         params = sorted(values.values(), key=lambda p: -p[2])
         frame.faces = len(params)
@@ -147,13 +158,12 @@ def _quads(source, cfg: VideoConfig, raw: CropMotion, smooth: CropMotion) -> Ite
         return frame, [params_quad(p) for p in params]
 
     for frame in source.frames():
-        ids = []
+        raw = {}
         for track_id, quad in tracker(frame.image):
-            p = quad_params(quad)
+            raw[track_id] = p = quad_params(quad)
             smoother.add(track_id, frame.index, p)
-            raw.add(track_id, p)
-            ids.append(track_id)
-        pending.append((frame, ids))
+            motion.raw.add(track_id, p)
+        pending.append((frame, raw))
         if len(pending) > smoother.lookahead:
             yield finish(*pending.popleft())
     while pending:
@@ -187,15 +197,7 @@ def _run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats
                 advance) -> dict[str, float]:
     """decode + track + align -> batched inference -> paste back + encode: one thread each, and
     `workers` inference runs at a time. Returns the seconds each kind of work was busy."""
-    stages = _Stages()
-    with stages.timed("decode_and_track"):
-        first = next(items, _END)
-    # Read ahead as far as memory allows: the tracker's slow stretches (detection on frames without
-    # faces) then overlap the inference of the frames before them.
-    ahead = QUEUE_FRAMES if first is _END else max(QUEUE_FRAMES, min(READ_AHEAD_FRAMES,
-                                                                     READ_AHEAD_BYTES // first[0].image.nbytes))
-    items = itertools.chain([first], items)
-    aligned, done = queue.Queue(ahead), queue.Queue(QUEUE_FRAMES)
+    stages, aligned, done = _Stages(), queue.Queue(QUEUE_FRAMES), queue.Queue(QUEUE_FRAMES)
     size = toonifier.resolution
 
     def align_stage():
@@ -212,7 +214,7 @@ def _run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats
     def write_stage():
         while (item := stages.get(done)) is not _END:
             frame, quads, crops, toons, first = item
-            toons = stages.wait(toons)[first:first + len(crops)]
+            toons = stages.wait(toons)[first:first + len(crops)] if crops else []
             with stages.timed("paste_back"):
                 out = toons[0] if crop else frame.image
                 for quad, toon in zip([] if crop else quads, toons):
@@ -233,9 +235,9 @@ def _run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats
             if item is not _END:
                 pending.append(item)
                 crops += len(item[2])
-            # Frames without faces wait for the batch too, which keeps the output in order.
-            if pending and (item is _END or crops >= toonifier.batch_size or len(pending) >= QUEUE_FRAMES):
-                toons, first = pool.submit(run, [c for _, _, cs in pending for c in cs]), 0
+            # The output keeps the order: a frame without faces waits only for a batch begun before it.
+            if pending and (item is _END or not crops or crops >= toonifier.batch_size or len(pending) >= QUEUE_FRAMES):
+                toons, first = pool.submit(run, [c for _, _, cs in pending for c in cs]) if crops else None, 0
                 for frame, quads, cs in pending:
                     stages.put(done, (frame, quads, cs, toons, first))
                     first += len(cs)
@@ -256,7 +258,7 @@ def _run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats
             stages.join()
         raise
     finally:
-        pool.shutdown(cancel_futures=True)
+        pool.shutdown(cancel_futures=stages.stop.is_set())    # after a failure nobody waits for the runs queued
     stages.join()
     return dict(stages.busy)
 
@@ -294,17 +296,28 @@ def _open_source(cfg: VideoConfig):
     return VideoReader(cfg.input, cfg.start, cfg.end, cfg.max_frames)
 
 
+def _engine(cfg: VideoConfig) -> tuple[Toonifier, int]:
+    """The engine, and how many of its runs go at once: on CPU one per `cfg.threads` physical cores.
+    Single-threaded runs side by side beat one run spread over the cores: on the 2-core machine,
+    27-30 ms a 256 px `lite` crop against 34-37 ms alone, and the shared clip converts in 8.3 s
+    against 11.2 s, since the other stages stall a multi-threaded run at its every synchronisation."""
+    threads = cfg.threads or 1
+    toonifier = Toonifier(cfg.model, cfg.provider, threads=threads, batch_size=cfg.batch_size)
+    return toonifier, max(1, physical_cores() // threads) if toonifier.device == "cpu" else 1
+
+
 def convert_video(cfg: VideoConfig) -> dict:
     """Toonify a video file or a folder of frames (see the module docstring); returns the report
     (also written to cfg.report when set). Raises VideoError/ToonifyError for bad input."""
     started = time.perf_counter()
     source = _open_source(cfg)
-    toonifier = Toonifier(cfg.model, cfg.provider, threads=int(os.environ.get("TF_THREADS", "0")) or None, batch_size=cfg.batch_size)
-    workers = int(os.environ.get("TF_WORKERS", "1"))
+    toonifier, workers = _engine(cfg)
     if toonifier.info.alignment != "ffhq":
         raise VideoError(f"this model converts whole images (alignment {toonifier.info.alignment!r}); video "
                          "conversion follows faces and needs an FFHQ-aligned face model", cfg.model, exit_code=2)
-    raw, smooth, stats = CropMotion(), CropMotion(), _Stats(measure=cfg.report is not None)
+    FaceAligner()            # loads dlib's models (~0.6 s, once a process) here, to report it as setup
+    setup = time.perf_counter() - started
+    tracker, motion, stats = FaceTracker(cfg.detect_every), _Motion(), _Stats(measure=cfg.report is not None)
     folder = _is_folder(cfg.output)
     with (
         (atomic_dir(cfg.output) if folder else atomic_path(cfg.output)) as dest,
@@ -312,7 +325,7 @@ def convert_video(cfg: VideoConfig) -> dict:
         progress("frames") as bar,
     ):
         task = bar.add_task("toonifying", total=source.frames_hint)
-        busy = _run_stages(_quads(source, cfg, raw, smooth), toonifier, workers, sink, stats, cfg.crop,
+        busy = _run_stages(_quads(source, cfg, tracker, motion), toonifier, workers, sink, stats, cfg.crop,
                            lambda: bar.advance(task))
         if not stats.faces:
             trimmed = cfg.start is not None or cfg.end is not None
@@ -320,7 +333,7 @@ def convert_video(cfg: VideoConfig) -> dict:
                              hint="check --start/--end against the clip's duration" if trimmed
                              else "the video stream is empty or unreadable")
         sink.finish()
-    report = _report(cfg, toonifier, stats, raw, smooth, time.perf_counter() - started, busy)
+    report = _report(cfg, toonifier, workers, tracker, stats, motion, time.perf_counter() - started, setup, busy)
     if cfg.report is not None:
         write_json_atomic(cfg.report, report)
     console.print(f"{report['frames']} frames, a face in {sum(n > 0 for n in stats.faces)} "
@@ -333,22 +346,27 @@ def _ratio(a, b):
     return a / b if a is not None and b else None
 
 
-def _report(cfg: VideoConfig, toonifier: Toonifier, stats: _Stats, raw: CropMotion, smooth: CropMotion,
-            seconds: float, busy: dict[str, float]) -> dict:
-    before, after = raw.summary(), smooth.summary()
+def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceTracker, stats: _Stats,
+            motion: _Motion, seconds: float, setup: float, busy: dict[str, float]) -> dict:
+    before, after = motion.raw.summary(), motion.smooth.summary()
     mean = {k: (float(np.mean(v)) if v else None) for k, v in stats.change.items()}
     return {
         "input": str(cfg.input), "output": str(cfg.output), "model": str(cfg.model),
         "provider": toonifier.provider, "batch_size": toonifier.batch_size, "mode": "crop" if cfg.crop else "paste",
+        "inference_runs_at_once": workers, "threads_per_run": cfg.threads or 1,
         "smoothing": "one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma} frames",
-        "frames": len(stats.faces), "faces_per_frame": stats.faces,
+        "frames": len(stats.faces), "faces_per_frame": stats.faces, "detections": dict(tracker.detections),
         "seconds": round(seconds, 3), "frames_per_second": len(stats.faces) / seconds,
+        # Of `seconds`: opening the input and loading the ONNX model and dlib's models.
+        "setup_seconds": round(setup, 3),
         # Seconds each kind of work kept its thread busy; they overlap, so they add up to more than `seconds`.
         "busy_seconds": {k: round(v, 3) for k, v in busy.items()},
         # Mean absolute change (0-255) of the face region between consecutive frames: an output
         # that changes much more than its input flickers.
         "face_region_change": {**mean, "output_over_input": _ratio(mean["output"], mean["input"])},
-        # Crop motion of the alignment, before and after smoothing (runtime.tracking.CropMotion).
+        # Crop motion of the alignment, before and after smoothing (runtime.tracking.CropMotion),
+        # and how far smoothing moved the crop centre (runtime.tracking.CropOffset).
         "crop_motion": {"raw": before, "smoothed": after,
-                        "reduction": {k: _ratio(before[k], after[k]) for k in before}},
+                        "reduction": {k: _ratio(before[k], after[k]) for k in before},
+                        "smoothing_offset": motion.offset.summary()},
     }

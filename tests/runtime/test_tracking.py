@@ -120,7 +120,7 @@ def test_crop_motion_separates_steady_motion_from_jitter():
 def counting_detect(monkeypatch):
     calls = []
     real = FaceAligner.detect
-    monkeypatch.setattr(FaceAligner, "detect", lambda self, image, *a: calls.append(1) or real(self, image, *a))
+    monkeypatch.setattr(FaceAligner, "detect", lambda self, *a, **kw: calls.append(1) or real(self, *a, **kw))
     return calls
 
 
@@ -128,7 +128,8 @@ def test_tracker_follows_a_face_with_few_detections(frames, monkeypatch):
     calls = counting_detect(monkeypatch)
     tracker = FaceTracker(every=5)
     tracked = [tracker(frames[i]) for i in range(140, 160)]
-    assert len(calls) == 4                                   # frames 0, 5, 10, 15 of the run
+    # Coarse detections at frames 0, 5, 10, 15 of the run find this face: nothing finer is needed.
+    assert tracker.detections == {"coarse": 4, "fine": 0, "fine_local": 0} and len(calls) == 4
     assert [len(faces) for faces in tracked] == [1] * 20
     assert len({faces[0][0] for faces in tracked}) == 1      # one id for the whole run
     # Following by landmarks lands where a fresh detection would, within the detection's own
@@ -140,13 +141,38 @@ def test_tracker_follows_a_face_with_few_detections(frames, monkeypatch):
         assert np.hypot(*(got[:2] - fresh[:2])) < 0.02 * side and abs(got[2] - fresh[2]) < 0.07
 
 
+def test_tracker_finds_and_keeps_a_small_face_with_fine_detections(frames, monkeypatch):
+    # Frames 0-19 show a face too small for the coarse detector (no upsampling).
+    assert FaceAligner(detect_scale=1.0, upsample=0).detect(frames[0]) == []
+    calls = counting_detect(monkeypatch)
+    tracker = FaceTracker(every=5)
+    tracked = [tracker(frames[i]) for i in range(20)]
+    # Frame 0: coarse finds nothing, so the whole frame is searched finely; at 5, 10 and 15 the
+    # coarse detection misses the followed face and a fine one confirms it in its neighbourhood.
+    assert tracker.detections == {"coarse": 4, "fine": 1, "fine_local": 3} and len(calls) == 8
+    assert [len(faces) for faces in tracked] == [1] * 20
+    assert len({faces[0][0] for faces in tracked}) == 1
+    fresh = quad_params(FaceAligner(detect_scale=1.0).detect(frames[15])[0].quad)
+    got = quad_params(tracked[15][0][1])
+    assert np.hypot(*(got[:2] - fresh[:2])) < 0.02 * 2 * math.exp(fresh[2])
+
+
+def test_tracker_looks_less_often_while_no_face_is_followed(frames, monkeypatch):
+    calls = counting_detect(monkeypatch)
+    tracker = FaceTracker(every=5)
+    assert all(tracker(frames[i]) == [] for i in range(24, 60))            # no face in these 36 frames
+    # Coarse every IDLE_EVERY frames (0, 3, ..., 33 of the run), fine after it at 0 and 30 (FINE_EVERY).
+    assert tracker.detections == {"coarse": 12, "fine": 2, "fine_local": 0} and len(calls) == 14
+
+
 def test_tracker_drops_a_face_at_a_scene_cut(frames, monkeypatch):
     calls = counting_detect(monkeypatch)
     tracker = FaceTracker(every=5)
     counts = [len(tracker(frames[i])) for i in range(16, 24)]
-    # Periodic detections at 16 and 21; the cut at 20 forces one there, and the face is gone at once.
+    # Detections at 16 (coarse, then fine: the face is small) and at the cut at 20 (coarse, then
+    # fine: nothing found), where the face is gone at once; then every IDLE_EVERY frames, at 23.
     assert counts == [1, 1, 1, 1, 0, 0, 0, 0]
-    assert len(calls) == 3
+    assert tracker.detections == {"coarse": 3, "fine": 2, "fine_local": 0} and len(calls) == 5
     # The same face after a cut (here: a jump in exposure) starts a new track, so that smoothing
     # never averages two shots.
     tracker = FaceTracker(every=5)

@@ -1,7 +1,9 @@
 """`toonify-fast video`: the shared clip end to end (frame count, timing, audio, crop jitter),
 trimming, other containers, frame folders, every kind of bad input, and interrupted runs."""
 import json
+import math
 import threading
+import time
 from fractions import Fraction
 
 import av
@@ -10,10 +12,11 @@ import pytest
 from PIL import Image
 
 from runtime.cli import main
-from runtime.engine import Toonifier
+from runtime.engine import Toonifier, physical_cores
 from runtime.faces import FaceAligner
-from runtime.video import VideoConfig, convert_video, default_output
-from runtime.videoio import FolderReader, FolderWriter, VideoError, VideoWriter
+from runtime.tracking import params_quad
+from runtime.video import VideoConfig, _run_stages, _Stats, convert_video, default_output
+from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoWriter
 from tests.runtime.models import build_model
 
 
@@ -95,13 +98,51 @@ def test_smoothing_cuts_crop_jitter_at_least_3x(full_run):
     assert written == json.loads(json.dumps(report))
     reduction = written["crop_motion"]["reduction"]
     # Jitter (second differences: shake) drops >= 3x; the face's own motion is kept, so the plain
-    # frame-to-frame change of the centre drops less (it is mostly the dancer moving).
+    # frame-to-frame change of the centre drops less: it is mostly the dancer moving (the clip is
+    # 3:2 pulldown film; on its repeated frames the raw centre moves 0.4% of the crop side, 3% on others).
     assert reduction["jitter_centre"] >= 3 and reduction["jitter_scale"] >= 3
-    assert reduction["change_scale"] > 2.5                   # scale changes are mostly noise
+    assert reduction["change_scale"] >= 3                    # scale changes are half noise
     assert 1 < reduction["change_centre"] < reduction["jitter_centre"]
+    # The price: the smoothed crop centre stays within 3% of the crop side of the raw one on average.
+    assert 0 < written["crop_motion"]["smoothing_offset"]["mean"] < 0.03
     change = written["face_region_change"]
     assert change["input"] > 0 and change["output"] > 0
-    assert written["smoothing"] == "gaussian sigma=2.0 frames" and written["mode"] == "paste"
+    assert written["smoothing"] == "gaussian sigma=3.0 frames" and written["mode"] == "paste"
+
+
+def test_report_counts_detections_and_setup(full_run):
+    _, report, _ = full_run
+    # Two single-threaded runs at once on the 2-core machine; dlib's and the ONNX model's loading is setup.
+    assert report["inference_runs_at_once"] == physical_cores() and report["threads_per_run"] == 1
+    assert 0 < report["setup_seconds"] < report["seconds"]
+    # Coarse detections every 5 frames while a face is followed, every 3 while none is: far fewer
+    # than frames, and the costly whole-frame fine ones rarer still.
+    detections = report["detections"]
+    assert 40 < detections["coarse"] < 100 and 0 < detections["fine"] < 12 and detections["fine_local"] < 12
+
+
+class ListSink:
+    def __init__(self):
+        self.written = []
+
+    def write(self, frame, image, alpha=None):
+        self.written.append((frame.index, image))
+
+
+def test_concurrent_runs_keep_frames_and_faces_in_order(tmp_path, monkeypatch):
+    toonifier = Toonifier(build_model(tmp_path / "m.onnx", "invert", resolution=32), "cpu", threads=1, batch_size=3)
+    run, delays = Toonifier.run, iter(np.random.default_rng(0).uniform(0, 0.02, 100))
+    monkeypatch.setattr(Toonifier, "run", lambda self, crops: time.sleep(next(delays)) or run(self, crops))
+    # Frame i is flat grey 10 i with i % 3 faces (squares centred at x = 20, 64, 108): batches of
+    # 3 crops straddle frames, and the runs finish in random order.
+    centres = (20, 64, 108)
+    quads = [params_quad(np.array([x, 32.0, math.log(12), 0])) for x in centres]
+    frames = [(Frame(i, np.full((64, 128, 3), 10 * i, np.uint8)), quads[:i % 3]) for i in range(20)]
+    sink = ListSink()
+    _run_stages(iter(frames), toonifier, 4, sink, _Stats(measure=False), False, lambda: None)
+    assert [index for index, _ in sink.written] == list(range(20))
+    for i, out in sink.written:
+        assert [out[32, x, 0] for x in centres] == [255 - 10 * i if k < i % 3 else 10 * i for k in range(3)]
 
 
 def test_cli_live_crop_to_webm_reencodes_audio(tmp_path, clip, model, capsys):
@@ -336,6 +377,7 @@ def test_interrupted_run_leaves_no_output(tmp_path, clip, model, monkeypatch, wh
     out = tmp_path / "out" / ("frames" if where == "folder" else "toon.mp4")
     with pytest.raises(KeyboardInterrupt if where == "inference" else OSError):
         convert_video(VideoConfig(clip, out, model, provider="cpu", start=4.0, max_frames=20, live=True))
-    assert calls["n"] == 3
+    # The failing call stops the run; runs already under way beside an inference run may finish.
+    assert calls["n"] == 3 if where != "inference" else calls["n"] >= 3
     assert list((tmp_path / "out").iterdir()) == []          # nothing, not even a .partial file
     assert not [t for t in threading.enumerate() if t.name.startswith("toonify-video")]   # all stopped
