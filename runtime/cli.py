@@ -48,6 +48,15 @@ def distill(ctx: typer.Context) -> None:
     distill_app(ctx.args, prog_name="toonify-fast distill", standalone_mode=True)
 
 
+# Options every converting command shares.
+ModelOption = Annotated[Optional[Path], typer.Option(
+    "-m", "--model", help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")]
+ProviderOption = Annotated[str, typer.Option(
+    help="ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), tensorrt, cuda or cpu.")]
+BatchOption = Annotated[Optional[int], typer.Option(
+    min=1, help="Face crops per model run, across images or frames (default: 1 on CPU, 8 on a GPU).")]
+
+
 @app.command()
 def convert(
     images: Annotated[list[str], typer.Argument(
@@ -55,13 +64,9 @@ def convert(
         show_default=False)],
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Output file (one input) or folder. Default: IMAGE_toon.png beside each image.")] = None,
-    model: Annotated[Optional[Path], typer.Option(
-        "-m", "--model", help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")] = None,
-    provider: Annotated[str, typer.Option(
-        help="ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), "
-             "tensorrt, cuda or cpu.")] = "auto",
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Faces per model run, across images (default: 1 on CPU, 8 on a GPU).")] = None,
+    model: ModelOption = None,
+    provider: ProviderOption = "auto",
+    batch_size: BatchOption = None,
     max_faces: Annotated[Optional[int], typer.Option(
         min=1, help="Convert at most this many faces per image, largest first (default: all).")] = None,
     crop: Annotated[bool, typer.Option(
@@ -113,22 +118,17 @@ def video(
     output: Annotated[Optional[Path], typer.Option(
         "-o", "--output", help="Output video (.mp4, .mkv, .mov, .webm: the extension picks the container) or "
                                "folder. Default: SOURCE_toon.mp4, or the folder SOURCE_toon for frames.")] = None,
-    model: Annotated[Optional[Path], typer.Option(
-        "-m", "--model",
-        help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")] = None,
-    provider: Annotated[str, typer.Option(
-        help="ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), "
-             "tensorrt, cuda or cpu.")] = "auto",
-    batch_size: Annotated[Optional[int], typer.Option(
-        min=1, help="Face crops per model run (default: 1 on CPU, 8 on a GPU).")] = None,
+    model: ModelOption = None,
+    provider: ProviderOption = "auto",
+    batch_size: BatchOption = None,
     start: Annotated[Optional[float], typer.Option(min=0, help="Start this many seconds into the clip.")] = None,
     end: Annotated[Optional[float], typer.Option(min=0, help="Stop this many seconds into the clip.")] = None,
     max_frames: Annotated[Optional[int], typer.Option(min=1, help="Convert at most this many frames.")] = None,
     crop: Annotated[bool, typer.Option(
         "--crop", help="Write only the aligned toon face: a square video at the model resolution.")] = False,
     live: Annotated[bool, typer.Option(
-        "--live", help="One causal pass with a One Euro filter on the crop (as a webcam needs) instead of "
-                       "two passes with a Gaussian over the whole clip.")] = False,
+        "--live", help="Smooth the crop with a causal One Euro filter (as a webcam needs) instead of a "
+                       "Gaussian over the frames before and after.")] = False,
     codec: Annotated[str, typer.Option(help="Video encoder (FFmpeg name).")] = "libx264",
     crf: Annotated[int, typer.Option(
         min=0, max=63, help="Constant rate factor for x264/x265/VPx/AV1: lower is better and bigger.")] = 18,
