@@ -19,6 +19,16 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
 from rich.text import Text
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# Temporary files are created private (0600, 0700); what they become gets the permissions a plain
+# open() or mkdir() would have given it.
+UMASK = _read_umask()
+
 # Messages, warnings and progress go to stderr so stdout stays clean for data (JSON, paths).
 console = Console(stderr=True, highlight=False)
 
@@ -56,6 +66,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp = Path(tmp)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from runtime.common import ToonifyError, console
+from runtime.common import UMASK, ToonifyError, console
 from runtime.images import ImageError, read_image, write_image
 from runtime.photos import IMAGE_SUFFIXES
 
@@ -308,6 +308,7 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~UMASK)   # mkdtemp made it private
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
