@@ -9,6 +9,7 @@ not import torch or distill at import time (apps embed the runtime without PyTor
 """
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -30,6 +31,7 @@ def _group() -> None:
     """Keeps `toonify-fast` a command group whatever commands are registered."""
 
 
+DISTILL_EXTRA = ("torch", "onnx", "albumentations", "safetensors")
 DISTILL_MISSING = ("`toonify-fast distill` needs the training extra, which is not installed here "
                    "(missing module: {name}).\n  hint: pip install 'toonify-fast[distill]'  (or `make install` in a clone)")
 
@@ -39,10 +41,13 @@ DISTILL_MISSING = ("`toonify-fast distill` needs the training extra, which is no
 def distill(ctx: typer.Context) -> None:
     """Build a model: blend teachers, make pairs, train, evaluate, export (needs the `distill` extra)."""
     try:
+        # distill.cli imports its stages lazily, so check the extra here, before any command runs.
+        for name in DISTILL_EXTRA:
+            importlib.import_module(name)
         from distill.cli import app as distill_app
     except ModuleNotFoundError as e:
-        if e.name and e.name.split(".")[0] in {"torch", "onnx", "albumentations", "safetensors", "onnxscript"}:
-            console.print(DISTILL_MISSING.format(name=e.name))
+        if e.name and e.name.split(".")[0] in DISTILL_EXTRA:
+            console.print(DISTILL_MISSING.format(name=e.name), markup=False)
             raise typer.Exit(2)
         raise
     distill_app(ctx.args, prog_name="toonify-fast distill", standalone_mode=True)

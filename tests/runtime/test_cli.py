@@ -194,3 +194,14 @@ def test_real_entry_point_exit_status(tmp_path, model, photos_dir):
                           "-m", model, "-o", tmp_path, "--provider", "cpu"], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 1 and out.stdout == "", out.stderr
     assert "1 converted, 1 failed, 1 face" in out.stderr and (tmp_path / "obama_toon.png").is_file()
+
+
+def test_distill_without_the_extra_says_how_to_install_it():
+    code = ("import sys; sys.modules['torch'] = None; from runtime.cli import main; "
+            "main(['distill', 'blend', '--base', 'a.pkl', '--toon', 'b.pkl', '-o', 'c.safetensors'])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert "`toonify-fast distill` needs the training extra, which is not installed here (missing module: torch)" \
+        in " ".join(out.stderr.split())
+    assert "pip install 'toonify-fast[distill]'" in out.stderr
+    assert "Traceback" not in out.stderr
