@@ -83,12 +83,14 @@ def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([c - x - y, c - x + y, c + x + y, c + x - y]).astype(np.float32)
 
 
-def _warp(src: Image.Image, out_size: tuple[int, int], to_src: np.ndarray) -> np.ndarray:
-    """Affine warp of `src`: output point p (continuous coordinates, pixel i spans [i, i+1)) samples
-    src at to_src[:, :2] @ p + to_src[:, 2].
+def _warp(src: Image.Image, out_size: tuple[int, int], to_src: np.ndarray,
+          resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
+    """Affine warp of `src`: output point p (continuous coordinates, pixel i spans [i, i+1))
+    samples src at to_src[:, :2] @ p + to_src[:, 2]; output points outside src are 0.
 
-    A bicubic warp that shrinks aliases, so when it would, the source is first resized (Lanczos,
-    antialiased) by the warp's scale and the warp left to rotate and shift at about 1:1.
+    Bilinear by default, as FFHQ's own alignment: a third of bicubic's cost on a 256 px crop. An
+    interpolating warp that shrinks aliases, so when it would, the source is first resized
+    (Lanczos, antialiased) by the warp's scale and the warp left to rotate and shift at about 1:1.
     """
     scale = np.sqrt(abs(np.linalg.det(to_src[:, :2])))     # source pixels per output pixel
     if scale > 1:
@@ -96,8 +98,23 @@ def _warp(src: Image.Image, out_size: tuple[int, int], to_src: np.ndarray) -> np
         src = src.resize((max(1, round(w / scale)), max(1, round(h / scale))), Image.Resampling.LANCZOS,
                          reducing_gap=3.0)
         to_src = np.diag([src.width / w, src.height / h]) @ to_src
-    out = src.transform(out_size, Image.Transform.AFFINE, tuple(to_src.ravel()), resample=Image.Resampling.BICUBIC)
-    return np.asarray(out)
+    return src.transform(out_size, Image.Transform.AFFINE, tuple(to_src.ravel()), resample=resample)
+
+
+@functools.lru_cache(maxsize=16)
+def _feather_mask(size: int, feather: float) -> Image.Image:
+    """[size, size] blend mask ("L", 255 = the toon) in crop space: 255 inside, falling smoothly to
+    0 over the outer `feather` fraction of the side (0: 255 everywhere; the warp's zero fill makes
+    the hard edge). It depends on the crop size and feather only, so video computes it once."""
+    u = (np.arange(size) + 0.5) / size                      # pixel centres, in units of the side
+    edge = np.minimum(u, 1 - u)
+    edge = np.minimum(edge[:, None], edge[None, :])
+    if feather > 0:
+        ramp = np.clip(edge / feather, 0, 1)
+        mask = ramp * ramp * (3 - 2 * ramp)                 # smoothstep: no visible kink at the edge
+    else:
+        mask = np.ones_like(edge)
+    return Image.fromarray(np.rint(mask * 255).astype(np.uint8))
 
 
 def align(image: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
@@ -118,7 +135,7 @@ def align(image: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
     region = np.pad(region, ((max(-y0, 0), max(y1 - h, 0)), (max(-x0, 0), max(x1 - w, 0)), (0, 0)), mode="reflect")
     tl, bl, tr = q[0] - (x0, y0), q[1] - (x0, y0), q[3] - (x0, y0)
     to_src = np.stack([(tr - tl) / size, (bl - tl) / size, tl], axis=1)
-    return _warp(Image.fromarray(region), (size, size), to_src)
+    return np.asarray(_warp(Image.fromarray(region), (size, size), to_src))
 
 
 def paste_back(image: np.ndarray, toon_crop: np.ndarray, quad: np.ndarray,
@@ -145,25 +162,19 @@ def paste_back(image: np.ndarray, toon_crop: np.ndarray, quad: np.ndarray,
     tl, bl, tr = q[0], q[1], q[3]
     to_crop = np.linalg.inv(np.stack([(tr - tl) / size, (bl - tl) / size], axis=1))  # offset from tl -> crop
     warp = np.concatenate([to_crop, (to_crop @ ((x0, y0) - tl))[:, None]], axis=1)
-    warped = _warp(Image.fromarray(toon), (x1 - x0, y1 - y0), warp).astype(np.float32)
-
-    # The mask from each pixel centre's position in the crop, in units of the crop's side.
-    ys, xs = np.mgrid[y0:y1, x0:x1] + 0.5
-    uv = np.einsum("ij,jhw->ihw", to_crop, np.stack([xs - tl[0], ys - tl[1]])) / size
-    edge = np.minimum(np.minimum(uv[0], 1 - uv[0]), np.minimum(uv[1], 1 - uv[1]))
-    if feather > 0:
-        ramp = np.clip(edge / feather, 0, 1)
-        mask = ramp * ramp * (3 - 2 * ramp)                    # smoothstep: no visible kink at the edge
-    else:
-        mask = (edge >= 0).astype(np.float64)
-    mask = mask.astype(np.float32)[..., None]
-    region = out[y0:y1, x0:x1, :3].astype(np.float32)
-    out[y0:y1, x0:x1, :3] = np.clip(np.rint(region + (warped - region) * mask), 0, 255).astype(np.uint8)
+    box = (x1 - x0, y1 - y0)
+    # The mask is smooth, so sampled directly (no antialiasing shrink) it does not alias.
+    mask = _feather_mask(size, float(feather)).transform(box, Image.Transform.AFFINE, tuple(warp.ravel()),
+                                                         resample=Image.Resampling.BILINEAR)
+    region = Image.fromarray(out[y0:y1, x0:x1, :3])
+    # Bicubic: at about 1:1 bilinear visibly softens the toon (what the user sees); ~0.4 ms a 150 px face.
+    region.paste(_warp(Image.fromarray(toon), box, warp, Image.Resampling.BICUBIC), mask=mask)  # blends in C
+    out[y0:y1, x0:x1, :3] = np.asarray(region)
     return out
 
 
 class FaceAligner:
-    """Finds faces with dlib (HOG detector, one upsample) and their 68 landmarks.
+    """Finds faces with dlib (HOG detector on the grey image, one upsample) and their 68 landmarks.
 
     detect_scale: the factor the image is resized by before detection (1.0: full size; None: so
     that the longer side is at most DETECT_SIDE). Landmarks are always found at full resolution.
@@ -180,12 +191,13 @@ class FaceAligner:
         rgb = _rgb(image)
         h, w = rgb.shape[:2]
         scale = self.detect_scale or min(1.0, DETECT_SIDE / max(h, w))
-        small = rgb
+        # On grey dlib's HOG computes one gradient a pixel instead of three (and keeping the
+        # strongest): detection costs about 20% less, and the conversion 0.3 ms at 640x360.
+        grey = Image.fromarray(rgb).convert("L")
         if scale < 1:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small = np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR))
+            grey = grey.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.Resampling.BILINEAR)
         boxes = []
-        for r in self._detector(small, self.upsample):
+        for r in self._detector(np.asarray(grey), self.upsample):
             left, top = max(0, round(r.left() / scale)), max(0, round(r.top() / scale))
             right, bottom = min(w - 1, round(r.right() / scale)), min(h - 1, round(r.bottom() / scale))
             boxes.append((left, top, right, bottom))
