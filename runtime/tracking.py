@@ -21,7 +21,7 @@ from runtime.faces import Face, FaceAligner, ffhq_quad
 
 DETECT_SIDE = 640        # detection runs on frames scaled so their longer side is at most this
 CUT_CHANGE = 20.0        # mean change (0-255) of a 64 px wide thumbnail that marks a scene cut
-IDLE_EVERY = 3           # frames between detections while no face is followed (and no cut)
+IDLE_EVERY = 5           # frames between detections while no face is followed (and no cut)
 FINE_EVERY = 30          # frames between fine (upsampled) detections at the least: 1 s at 30 fps
 SAME_FACE = 0.3          # boxes overlapping by more than this (intersection over union) are one face
 

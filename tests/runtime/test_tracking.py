@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime.faces import FaceAligner, ffhq_quad
-from runtime.tracking import (CropMotion, FaceTracker, GaussianWindow, OneEuroFilter, OneEuroSmoother, params_quad,
+from runtime.tracking import (FINE_EVERY, IDLE_EVERY, CropMotion, FaceTracker, GaussianWindow, OneEuroFilter, OneEuroSmoother, params_quad,
                               quad_params)
 
 
@@ -161,8 +161,9 @@ def test_tracker_looks_less_often_while_no_face_is_followed(frames, monkeypatch)
     calls = counting_detect(monkeypatch)
     tracker = FaceTracker(every=5)
     assert all(tracker(frames[i]) == [] for i in range(24, 60))            # no face in these 36 frames
-    # Coarse every IDLE_EVERY frames (0, 3, ..., 33 of the run), fine after it at 0 and 30 (FINE_EVERY).
-    assert tracker.detections == {"coarse": 12, "fine": 2, "fine_local": 0} and len(calls) == 14
+    # Coarse every IDLE_EVERY frames (0, 5, ..., 35 of the run), fine after it at 0 and 30 (FINE_EVERY).
+    assert IDLE_EVERY == 5 and FINE_EVERY == 30
+    assert tracker.detections == {"coarse": 8, "fine": 2, "fine_local": 0} and len(calls) == 10
 
 
 def test_tracker_drops_a_face_at_a_scene_cut(frames, monkeypatch):
@@ -170,9 +171,9 @@ def test_tracker_drops_a_face_at_a_scene_cut(frames, monkeypatch):
     tracker = FaceTracker(every=5)
     counts = [len(tracker(frames[i])) for i in range(16, 24)]
     # Detections at 16 (coarse, then fine: the face is small) and at the cut at 20 (coarse, then
-    # fine: nothing found), where the face is gone at once; then every IDLE_EVERY frames, at 23.
+    # fine: nothing found), where the face is gone at once; the next is IDLE_EVERY frames on, at 25.
     assert counts == [1, 1, 1, 1, 0, 0, 0, 0]
-    assert tracker.detections == {"coarse": 3, "fine": 2, "fine_local": 0} and len(calls) == 5
+    assert tracker.detections == {"coarse": 2, "fine": 2, "fine_local": 0} and len(calls) == 4
     # The same face after a cut (here: a jump in exposure) starts a new track, so that smoothing
     # never averages two shots.
     tracker = FaceTracker(every=5)
