@@ -41,10 +41,11 @@ DISTILL_MISSING = ("`toonify-fast distill` needs the training extra, which is no
 def distill(ctx: typer.Context) -> None:
     """Build a model: blend teachers, make pairs, train, evaluate, export (needs the `distill` extra)."""
     try:
-        # distill.cli imports its stages lazily, so check the extra here, before any command runs.
+        # The runtime never needs distill: the subcommand loads it only when asked for. distill.cli
+        # imports its stages lazily, so check the extra here, before any command runs.
         for name in DISTILL_EXTRA:
             importlib.import_module(name)
-        from distill.cli import app as distill_app
+        distill_app = importlib.import_module("distill.cli").app
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] in DISTILL_EXTRA:
             console.print(DISTILL_MISSING.format(name=e.name), markup=False)
