@@ -30,12 +30,11 @@ from distill.blend import BlendConfig, blend_files  # noqa: E402
 from distill.checkpoint import save_generator  # noqa: E402
 from distill.pairs import PairsConfig, generate_pairs, resolve_device  # noqa: E402
 from distill.stylegan2 import Generator  # noqa: E402
+from bench.generator import TEACHER  # noqa: E402
 from runtime.common import write_json_atomic  # noqa: E402
 
 RESOLUTIONS = (64, 256)
 BATCHES = (1, 8)
-TEACHER = dict(z_dim=512, c_dim=0, w_dim=512, img_channels=3, mapping_kwargs={"num_layers": 8},
-               synthesis_kwargs={"channel_base": 16384, "channel_max": 512, "conv_clamp": 256})
 
 
 def make_teachers(res: int, folder: Path) -> tuple[Path, Path]:

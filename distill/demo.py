@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from distill.blend import BlendConfig, blend_files
 from distill.checkpoint import save_generator
@@ -27,7 +26,7 @@ from distill.runs import load_student
 from distill.train import TrainConfig, train
 from runtime.common import console, write_json_atomic
 from runtime.engine import Toonifier
-from runtime.images import read_image, write_image
+from runtime.images import read_image, resize, write_image
 from runtime.photos import ConvertConfig, convert_photos
 
 DEMO_NOTE = "untrained demo teacher (random StyleGAN2 weights): proves the pipeline, not the look"
@@ -71,8 +70,7 @@ def demo_teachers(res: int, seed: int) -> tuple[Generator, Generator]:
 
 
 def _tiles(images: list[np.ndarray], size: int) -> np.ndarray:
-    return np.concatenate([np.asarray(Image.fromarray(i).resize((size, size), Image.Resampling.LANCZOS))
-                           for i in images], axis=1)
+    return np.concatenate([resize(i, size, size) for i in images], axis=1)
 
 
 def contact_sheet(val_dir: Path, model: Path, photo: Path, converted: Path, dest: Path, n: int = 6) -> Path:
@@ -87,8 +85,7 @@ def contact_sheet(val_dir: Path, model: Path, photo: Path, converted: Path, dest
     width = grid.shape[1]
     before, after = read_image(photo)[0], read_image(converted)[0]
     h = round(before.shape[0] * (width / 2) / before.shape[1])
-    pair = np.concatenate([np.asarray(Image.fromarray(i).resize((width // 2, h), Image.Resampling.LANCZOS))
-                           for i in (before, after)], axis=1)
+    pair = np.concatenate([resize(i, width // 2, h) for i in (before, after)], axis=1)
     sheet = np.concatenate([grid, np.full((8, width, 3), 255, np.uint8), pair], axis=0)
     return write_image(dest, sheet)
 

@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import torch
-from PIL import Image
 
 import runtime
 from distill.runs import load_student
 from runtime.common import ToonifyError, console, write_bytes_atomic
 from runtime.engine import ModelInfo
-from runtime.images import hwc_to_nchw, read_image
+from runtime.images import hwc_to_nchw, read_image, resize
 
 # Parity limits between ONNX Runtime and PyTorch, on outputs in [-1, 1].
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
@@ -106,8 +105,7 @@ def _parity_inputs(cfg: ExportConfig, res: int, multiple: int) -> dict[str, np.n
               f"random {other}x{res + multiple}": rng.uniform(-1, 1, (1, 3, other, res + multiple)).astype(np.float32)}
     for path in cfg.parity_images or (bundled_portrait(),):
         rgb, _ = read_image(path)
-        square = Image.fromarray(rgb).resize((res, res), Image.Resampling.LANCZOS)
-        inputs[f"photo {Path(path).name}"] = hwc_to_nchw(np.asarray(square))
+        inputs[f"photo {Path(path).name}"] = hwc_to_nchw(resize(rgb, res, res))
     return inputs
 
 
