@@ -135,19 +135,23 @@ def video(
     live: Annotated[bool, typer.Option(
         "--live", help="Smooth the crop with a causal One Euro filter (as a webcam needs) instead of a "
                        "Gaussian over the frames before and after.")] = False,
+    guide: Annotated[bool, typer.Option(
+        "--guide/--no-guide", help="Let the smoothing follow the face's motion measured from its pixels, so "
+                                   "only landmark wobble is averaged away (--no-guide: average the landmarks "
+                                   "alone, which lags a moving face).")] = True,
     codec: Annotated[str, typer.Option(help="Video encoder (FFmpeg name).")] = "libx264",
     crf: Annotated[int, typer.Option(
         min=0, max=63, help="Constant rate factor for x264/x265/VPx/AV1: lower is better and bigger.")] = 18,
     report: Annotated[Optional[Path], typer.Option(
-        help="Write a JSON report: faces per frame, crop jitter with and without smoothing, "
-             "face-region change of input and output.")] = None,
+        help="Write a JSON report: faces per frame, crop jitter with and without smoothing (how far the "
+             "face slides within its crop, and the crop's own motion), face-region change of input and output.")] = None,
 ) -> None:
     """Toonify every face in a video or a folder of frames, keeping timing, frame count and audio."""
     from runtime.photos import find_model
     from runtime.video import VideoConfig, convert_video, default_output
     convert_video(VideoConfig(source, output or default_output(source), find_model(model), provider=provider,
                               batch_size=batch_size, start=start, end=end, max_frames=max_frames, crop=crop,
-                              live=live, codec=codec, crf=crf, report=report))
+                              live=live, guided=guide, codec=codec, crf=crf, report=report))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -45,26 +45,40 @@ class GaussianWindow:
     """Offline smoothing in bounded memory: a track's params at frame t are the Gaussian-weighted
     mean (sigma in frames) over its frames t - 3 sigma .. t + 3 sigma, the weights renormalised
     where the track starts or ends (so the crop is not pulled toward zero there). A value is final
-    once `lookahead` later frames have been added, or the input has ended."""
+    once `lookahead` later frames have been added, or the input has ended.
+
+    Guided (each `add` given the face's measured shift since the track's previous frame,
+    runtime.motion.FaceMotion): the centre follows the summed shifts exactly, and only what they
+    leave unexplained (landmark wobble, slow drift) is averaged, so a moving face is not lagged."""
 
     def __init__(self, sigma: float):
         self.sigma, self.lookahead = sigma, (int(math.ceil(3 * sigma)) if sigma > 0 else 0)
         self.tracks: dict[int, deque] = {}
 
-    def add(self, track_id: int, index: int, params: np.ndarray) -> None:
+    def add(self, track_id: int, index: int, params: np.ndarray, shift: np.ndarray | None = None) -> None:
         rows = self.tracks.setdefault(track_id, deque(maxlen=2 * self.lookahead + 1))
-        rows.append((index, unwrap(params, rows[-1][1] if rows else None)))
+        guide = _guide(rows[-1][2] if rows else None, shift)
+        rows.append((index, unwrap(params, rows[-1][1] + rows[-1][2] if rows else None) - guide, guide))
 
     def smoothed(self, track_id: int, index: int) -> np.ndarray:
-        rows = [(i, p) for i, p in self.tracks[track_id] if abs(i - index) <= self.lookahead]
+        rows = [(i, r, g) for i, r, g in self.tracks[track_id] if abs(i - index) <= self.lookahead]
+        guide = next(g for i, _, g in rows if i == index)
         if self.sigma <= 0:
-            return rows[0][1]
-        w = np.exp(-0.5 * ((np.array([i for i, _ in rows]) - index) / self.sigma) ** 2)
-        return w @ np.array([p for _, p in rows]) / w.sum()
+            return rows[0][1] + rows[0][2]
+        w = np.exp(-0.5 * ((np.array([i for i, _, _ in rows]) - index) / self.sigma) ** 2)
+        return guide + w @ np.array([r for _, r, _ in rows]) / w.sum()
 
     def forget(self, before: int) -> None:
         """Drop tracks whose last frame is before `before` (they ended)."""
         self.tracks = {k: rows for k, rows in self.tracks.items() if rows[-1][0] >= before}
+
+
+def _guide(previous: np.ndarray | None, shift: np.ndarray | None) -> np.ndarray:
+    """The summed measured motion, as an offset to params: [sum dx, sum dy, 0, 0]."""
+    guide = np.zeros(4) if previous is None else previous.copy()
+    if shift is not None:
+        guide[:2] += shift
+    return guide
 
 
 class OneEuroFilter:
@@ -92,22 +106,28 @@ class OneEuroFilter:
 
 class OneEuroSmoother:
     """Live smoothing: a One Euro filter per track, causal (lookahead 0). The centre is filtered
-    in units of the track's first crop size, so `beta` means the same at any resolution."""
+    in units of the track's first crop size, so `beta` means the same at any resolution. Guided
+    like GaussianWindow: given the face's measured shifts, the filter acts on what they leave
+    unexplained, and the centre follows them without lag."""
     lookahead = 0
 
     def __init__(self, rate: float, min_cutoff: float = 1.0, beta: float = 2.0):
         self.rate, self.min_cutoff, self.beta = rate, min_cutoff, beta
-        self.tracks: dict[int, tuple[OneEuroFilter, float, np.ndarray]] = {}
+        self.tracks: dict[int, tuple[OneEuroFilter, float, np.ndarray, np.ndarray]] = {}
+        self.values: dict[int, np.ndarray] = {}
 
-    def add(self, track_id: int, index: int, params: np.ndarray) -> None:
-        f, unit, last = self.tracks.get(track_id) or (OneEuroFilter(self.rate, self.min_cutoff, self.beta),
-                                                       math.exp(params[2]), None)
+    def add(self, track_id: int, index: int, params: np.ndarray, shift: np.ndarray | None = None) -> None:
+        f, unit, last, guide = self.tracks.get(track_id) or (
+            OneEuroFilter(self.rate, self.min_cutoff, self.beta), math.exp(params[2]), None, None)
         p = unwrap(params, last)
-        v = f(np.array([p[0] / unit, p[1] / unit, p[2], p[3]]))
-        self.tracks[track_id] = f, unit, np.array([v[0] * unit, v[1] * unit, v[2], v[3]])
+        guide = _guide(guide, shift)
+        r = p - guide
+        v = f(np.array([r[0] / unit, r[1] / unit, r[2], r[3]]))
+        self.tracks[track_id] = f, unit, p, guide
+        self.values[track_id] = guide + np.array([v[0] * unit, v[1] * unit, v[2], v[3]])
 
     def smoothed(self, track_id: int, index: int) -> np.ndarray:
-        return self.tracks[track_id][2]
+        return self.values[track_id]
 
     def forget(self, before: int) -> None:
         pass          # ids are never reused; a filter is a few numbers

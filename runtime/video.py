@@ -4,7 +4,8 @@ bounded memory whatever the clip length.
     convert_video(VideoConfig(Path("clip.mp4"), Path("toon.mp4"), model=Path("exports/toonify.onnx")))
 
 Threads joined by bounded queues: (1) decode, follow the faces (runtime.tracking), smooth each
-face's crop over time and align it; (2) run the model on batches of crops, on CPU one
+face's crop over time (guided by the face's motion measured from its pixels, runtime.motion)
+and align it; (2) run the model on batches of crops, on CPU one
 single-threaded run per core at a time; (3) paste back and encode. The offline smoothing is a
 Gaussian over the frames before and after, so stage 1 holds each frame until 3 sigma later
 frames are tracked (a fixed lookahead of 9 frames by default); `live` uses a causal One Euro
@@ -32,6 +33,7 @@ import numpy as np
 from runtime.common import atomic_path, console, progress, write_json_atomic
 from runtime.engine import Toonifier, physical_cores
 from runtime.faces import FaceAligner, align, paste_back
+from runtime.motion import CropSlip, FaceMotion
 from runtime.tracking import (CropMotion, CropOffset, FaceTracker, GaussianWindow, OneEuroSmoother, params_quad,
                               quad_params)
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoReader, VideoWriter, atomic_dir
@@ -52,11 +54,13 @@ class VideoConfig:
     max_frames: int | None = None
     crop: bool = False              # write only the aligned toon face: a square video at the model resolution
     live: bool = False              # causal One Euro smoothing instead of the Gaussian with lookahead
+    guided: bool = True             # smoothing follows the face's motion measured from its pixels (runtime.motion)
     codec: str = "libx264"
     crf: int = 18
-    # Offline smoothing width, frames. On the shared clip (bench/video.py) sigma 3 cuts the crop scale's
-    # frame-to-frame change 4x (2: 2.9x) and keeps the smoothed centre 2.3% of the crop side from the raw
-    # one (2: 1.5%); the centre's change is mostly the face's own motion, which smoothing must keep.
+    # Offline smoothing width, frames. On the shared clip (bench/video.py), guided, sigma 3 cuts how far
+    # the face slides within its crop from frame to frame 3.5x (2: 3.0x, 6: 4.2x) and the crop scale's
+    # frame-to-frame change 3.7x, and keeps the crop centre 0.4% of the crop side from the raw one.
+    # A lookahead of 3 sigma frames is held in memory.
     sigma: float = 3.0
     detect_every: int = 5           # a detection every this many frames while faces are followed (see FaceTracker)
     report: Path | None = None
@@ -124,11 +128,15 @@ class _Stages:
 
 @dataclass
 class _Motion:
-    """The crops' motion before and after smoothing, and how far smoothing moved them (the report's
-    crop_motion)."""
+    """The crops' motion before and after smoothing, how far smoothing moved them, and (when
+    `slip`) how far the face slides within them (the report's crop_motion)."""
+    slip: bool = False
     raw: CropMotion = field(default_factory=CropMotion)
     smooth: CropMotion = field(default_factory=CropMotion)
     offset: CropOffset = field(default_factory=CropOffset)
+    raw_slip: CropSlip = field(default_factory=CropSlip)
+    smooth_slip: CropSlip = field(default_factory=CropSlip)
+    probe: FaceMotion = field(default_factory=FaceMotion)
 
 
 def _centre_params(image: np.ndarray) -> np.ndarray:
@@ -141,7 +149,7 @@ def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> I
     """Frames with their smoothed FFHQ quads, largest face first (--crop: exactly one quad, the
     largest face's, else the last one seen). `motion` measures the crops before and after smoothing."""
     smoother = OneEuroSmoother(float(source.rate or 30)) if cfg.live else GaussianWindow(cfg.sigma)
-    pending, held = deque(), None
+    pending, held, probe = deque(), None, motion.probe
 
     def finish(frame: Frame, raw: dict[int, np.ndarray]):
         nonlocal held
@@ -149,6 +157,9 @@ def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> I
         for i, value in values.items():
             motion.smooth.add(i, value)
             motion.offset.add(raw[i], value)
+            if motion.slip:
+                motion.smooth_slip.add(i, frame.image, value)
+        motion.smooth_slip.forget(set(values))
         smoother.forget(frame.index)
         params = sorted(values.values(), key=lambda p: -p[2])
         frame.faces = len(params)
@@ -161,8 +172,12 @@ def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> I
         raw = {}
         for track_id, quad in tracker(frame.image):
             raw[track_id] = p = quad_params(quad)
-            smoother.add(track_id, frame.index, p)
+            smoother.add(track_id, frame.index, p, probe(track_id, frame.image, p) if cfg.guided else None)
             motion.raw.add(track_id, p)
+            if motion.slip:
+                motion.raw_slip.add(track_id, frame.image, p)
+        probe.forget(set(raw))
+        motion.raw_slip.forget(set(raw))
         pending.append((frame, raw))
         if len(pending) > smoother.lookahead:
             yield finish(*pending.popleft())
@@ -317,7 +332,7 @@ def convert_video(cfg: VideoConfig) -> dict:
                          "conversion follows faces and needs an FFHQ-aligned face model", cfg.model, exit_code=2)
     FaceAligner()            # loads dlib's models (~0.6 s, once a process) here, to report it as setup
     setup = time.perf_counter() - started
-    tracker, motion, stats = FaceTracker(cfg.detect_every), _Motion(), _Stats(measure=cfg.report is not None)
+    tracker, motion, stats = FaceTracker(cfg.detect_every), _Motion(slip=cfg.report is not None), _Stats(measure=cfg.report is not None)
     folder = _is_folder(cfg.output)
     with (
         (atomic_dir(cfg.output) if folder else atomic_path(cfg.output)) as dest,
@@ -348,13 +363,17 @@ def _ratio(a, b):
 
 def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceTracker, stats: _Stats,
             motion: _Motion, seconds: float, setup: float, busy: dict[str, float]) -> dict:
-    before, after = motion.raw.summary(), motion.smooth.summary()
+    before = {**motion.raw.summary(), "slip": motion.raw_slip.summary()}
+    after = {**motion.smooth.summary(), "slip": motion.smooth_slip.summary()}
     mean = {k: (float(np.mean(v)) if v else None) for k, v in stats.change.items()}
     return {
         "input": str(cfg.input), "output": str(cfg.output), "model": str(cfg.model),
         "provider": toonifier.provider, "batch_size": toonifier.batch_size, "mode": "crop" if cfg.crop else "paste",
         "inference_runs_at_once": workers, "threads_per_run": cfg.threads or 1,
-        "smoothing": "one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma} frames",
+        "smoothing": ("one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma} frames")
+                     + (", guided by the face's measured motion" if cfg.guided else ""),
+        # How often the face's motion came from its pixels, and how often from its landmarks (unreliable pixels).
+        "face_motion": dict(motion.probe.counts) if cfg.guided else None,
         "frames": len(stats.faces), "faces_per_frame": stats.faces, "detections": dict(tracker.detections),
         "seconds": round(seconds, 3), "frames_per_second": len(stats.faces) / seconds,
         # Of `seconds`: opening the input and loading the ONNX model and dlib's models.
@@ -364,8 +383,11 @@ def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceT
         # Mean absolute change (0-255) of the face region between consecutive frames: an output
         # that changes much more than its input flickers.
         "face_region_change": {**mean, "output_over_input": _ratio(mean["output"], mean["input"])},
-        # Crop motion of the alignment, before and after smoothing (runtime.tracking.CropMotion),
-        # and how far smoothing moved the crop centre (runtime.tracking.CropOffset).
+        # Crop motion of the alignment, before and after smoothing: the crop's frame-to-frame change
+        # (change_*) and its second differences (jitter_*, runtime.tracking.CropMotion), which both
+        # count the face's own motion too; and how far the face slides within its crop from frame to
+        # frame (slip, measured from pixels, runtime.motion.CropSlip): the crop jitter a viewer sees.
+        # smoothing_offset: how far smoothing moved the crop centre (runtime.tracking.CropOffset).
         "crop_motion": {"raw": before, "smoothed": after,
                         "reduction": {k: _ratio(before[k], after[k]) for k in before},
                         "smoothing_offset": motion.offset.summary()},

@@ -96,18 +96,22 @@ def test_faces_are_converted_and_frames_without_faces_pass_through(full_run, cli
 def test_smoothing_cuts_crop_jitter_at_least_3x(full_run):
     _, report, written = full_run
     assert written == json.loads(json.dumps(report))
-    reduction = written["crop_motion"]["reduction"]
-    # Jitter (second differences: shake) drops >= 3x; the face's own motion is kept, so the plain
-    # frame-to-frame change of the centre drops less: it is mostly the dancer moving (the clip is
-    # 3:2 pulldown film; on its repeated frames the raw centre moves 0.4% of the crop side, 3% on others).
-    assert reduction["jitter_centre"] >= 3 and reduction["jitter_scale"] >= 3
-    assert reduction["change_scale"] >= 3                    # scale changes are half noise
-    assert 1 < reduction["change_centre"] < reduction["jitter_centre"]
-    # The price: the smoothed crop centre stays within 3% of the crop side of the raw one on average.
-    assert 0 < written["crop_motion"]["smoothing_offset"]["mean"] < 0.03
+    motion = written["crop_motion"]
+    reduction = motion["reduction"]
+    # The crop jitter a viewer sees: the face sliding within its crop, measured from pixels.
+    # Smoothing guided by the face's measured motion cuts it >= 3x (3.5x), and the crop scale's
+    # frame-to-frame change too (3.7x). The crop centre's own frame-to-frame change stays: it is
+    # the dancer moving, which the crop must follow (bench/video.py: a Gaussian that does not follow
+    # it cuts that change but lets the face slide 3x more within the crop than no smoothing at all).
+    assert reduction["slip"] >= 3 and reduction["change_scale"] >= 3
+    assert 0.9 < reduction["change_centre"] < 1.2
+    assert motion["raw"]["slip"] > 0.004                       # dlib's landmarks wobble ~0.5% of the crop side
+    # The price: the smoothed crop centre stays within 1% of the crop side of the raw one on average.
+    assert 0 < motion["smoothing_offset"]["mean"] < 0.01
+    assert written["face_motion"]["measured"] > 0.9 * sum(written["faces_per_frame"])
     change = written["face_region_change"]
     assert change["input"] > 0 and change["output"] > 0
-    assert written["smoothing"] == "gaussian sigma=3.0 frames" and written["mode"] == "paste"
+    assert written["smoothing"] == "gaussian sigma=3.0 frames, guided by the face's measured motion" and written["mode"] == "paste"
 
 
 def test_report_counts_detections_and_setup(full_run):
@@ -148,7 +152,7 @@ def test_concurrent_runs_keep_frames_and_faces_in_order(tmp_path, monkeypatch):
 def test_cli_live_crop_to_webm_reencodes_audio(tmp_path, clip, model, capsys):
     out, report = tmp_path / "face.webm", tmp_path / "live.json"
     with pytest.raises(SystemExit) as exit_:
-        main(["video", str(clip), "-o", str(out), "-m", str(model), "--provider", "cpu", "--live", "--crop",
+        main(["video", str(clip), "-o", str(out), "-m", str(model), "--provider", "cpu", "--live", "--no-guide", "--crop",
               "--max-frames", "30", "--codec", "libvpx-vp9", "--crf", "40", "--report", str(report)])
     assert exit_.value.code == 0
     assert "re-encoding it as libopus" in capsys.readouterr().err
@@ -161,7 +165,8 @@ def test_cli_live_crop_to_webm_reencodes_audio(tmp_path, clip, model, capsys):
     # The audio stops with the last frame (give or take one 20 ms Opus packet).
     assert audio_packets(out)[-1][0] == pytest.approx(times[-1] + 100 / 2997, abs=0.025)
     data = json.loads(report.read_text())
-    assert data["smoothing"] == "one-euro (causal)" and data["mode"] == "crop" and data["frames"] == 30
+    assert data["smoothing"] == "one-euro (causal)" and data["face_motion"] is None
+    assert data["mode"] == "crop" and data["frames"] == 30
 
 
 def test_start_and_end_trim_video_and_audio_alike(tmp_path, clip, model):
