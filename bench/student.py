@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/student.py        # prints a table, writes bench/results/student.json
 
-Each candidate is exported to ONNX with distill.export.export_graph (opset 17, dynamic
+Each candidate is exported to ONNX as `distill export` does (export_form, export_graph: opset 17, dynamic
 batch/height/width, the TorchScript exporter) and run with the CPUExecutionProvider, graph optimisation
 ALL and 2 intra-op threads, at 256x256 batch 1, 256x256 batch 8 and 512x512 batch 1. The
 machine may be busy with other work: candidates are timed round-robin within one run (every
@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from distill.export import export_graph  # noqa: E402
+from distill.export import export_form, export_graph  # noqa: E402
 from distill.translator import PRESETS, StudentConfig, build_generator, count_flops  # noqa: E402
 from runtime.common import console, progress, write_json_atomic  # noqa: E402
 
@@ -79,7 +79,7 @@ def measure(names: list[str], rounds: int, threads: int, tmp: Path) -> dict[str,
         exporting = bar.add_task("export", total=len(names))
         for name in names:
             model = build_generator(CANDIDATES[name]).eval()
-            export_graph(model, torch.zeros(1, 3, 256, 256), tmp / f"{name}.onnx", OPSET)
+            export_graph(export_form(model), torch.zeros(1, 3, 256, 256), tmp / f"{name}.onnx", OPSET)
             sessions[name] = cpu_session(tmp / f"{name}.onnx", threads)
             results[name] = {"config": asdict(CANDIDATES[name]),
                              "params": sum(p.numel() for p in model.parameters()),

@@ -95,6 +95,12 @@ def export(
     student: Annotated[Path, typer.Option(help="Student weights from `distill train` (RUN/student-ema.pt or student.pt).")],
     output: Annotated[Path, typer.Option("--output", "-o", help="The ONNX model to write, e.g. exports/toonify.onnx.")],
     fp16: Annotated[bool, typer.Option(help="float16 weights and arithmetic (float32 inputs and outputs); for GPUs.")] = False,
+    int8: Annotated[bool, typer.Option(
+        help="Static int8 (float32 inputs and outputs) for CPUs: about 2x the float32 speed where the CPU has "
+             "VNNI. Needs --calibration; refused when its PSNR against float32 falls below 30 dB.")] = False,
+    calibration: Annotated[Optional[list[Path]], typer.Option(
+        help="int8: images to calibrate on, repeatable: files, folders, or the pair folder the student was "
+             "trained on (its real/ side). Every 5th is held out to check quality.")] = None,
     opset: Annotated[int, typer.Option(help="ONNX opset version.")] = 17,
     triton: Annotated[Optional[Path], typer.Option(
         help="Also write a Triton Inference Server model repository here (NAME/config.pbtxt, NAME/1/model.onnx).")] = None,
@@ -104,7 +110,8 @@ def export(
 ) -> None:
     """Export a student to ONNX (dynamic batch and size, self-describing metadata), checked against PyTorch."""
     from distill.export import ExportConfig, export_student
-    report = export_student(ExportConfig(student=student, output=output, fp16=fp16, opset=opset, triton=triton,
+    report = export_student(ExportConfig(student=student, output=output, fp16=fp16, int8=int8,
+                                         calibration=tuple(calibration or ()), opset=opset, triton=triton,
                                          max_batch_size=max_batch_size, parity_images=tuple(parity_image or ())))
     typer.echo(report["output"])
 

@@ -56,7 +56,7 @@ class ModelInfo:
     teacher_blended_sha256: str = ""
     exported_at: str = ""                  # ISO 8601
     toonify_fast_version: str = ""
-    precision: str = "fp32"                # "fp32" | "fp16"; inputs and outputs are float32 either way
+    precision: str = "fp32"                # "fp32" | "fp16" | "int8"; inputs and outputs are float32 always
     format: str = FORMAT
     extra: dict = field(default_factory=dict)   # any other metadata_props, kept as read
 

@@ -9,6 +9,7 @@ import torch
 
 from distill import export as export_module
 from distill.export import ExportConfig, ExportError, export_student
+from distill.quantize import QuantizeError
 from distill.runs import StudentFileError, load_student, save_student
 from distill.translator import PRESETS, build_generator
 from runtime.engine import Toonifier, read_model_info
@@ -139,3 +140,51 @@ def test_bad_arguments_are_named(student_file, tmp_path):
         export_student(ExportConfig(student=student_file, output=tmp_path / "x.pt"))
     with pytest.raises(StudentFileError, match="no such file"):
         export_student(ExportConfig(student=tmp_path / "missing.pt", output=tmp_path / "x.onnx"))
+
+
+def test_export_forms_compute_the_same_function():
+    torch.manual_seed(0)
+    t = torch.nn.ConvTranspose2d(8, 5, 3, stride=2, padding=1, output_padding=1, bias=True)
+    c = torch.nn.Conv2d(16, 3, 7)
+    x = torch.randn(2, 8, 7, 9)
+    y = torch.randn(2, 16, 20, 26)
+    with torch.no_grad():
+        assert torch.allclose(export_module.SubPixelUp(t)(x), t(x), atol=1e-6)
+        assert torch.allclose(export_module.PhaseConv(c)(y), c(y), atol=1e-6)
+    G = build_generator("lite").eval()
+    x = torch.rand(1, 3, 40, 48) * 2 - 1
+    for quantizable, transposed in ((False, 3), (True, 0)):
+        form = export_module.export_form(G, quantizable=quantizable)
+        count = {kind: sum(isinstance(m, kind) for m in form.modules())
+                 for kind in (export_module.SubPixelUp, export_module.PhaseConv, torch.nn.ConvTranspose2d)}
+        assert count == {export_module.SubPixelUp: 3 - transposed, export_module.PhaseConv: 1,
+                         torch.nn.ConvTranspose2d: transposed}
+        with torch.no_grad():
+            assert torch.allclose(form(x), G(x), atol=1e-5)
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in G.modules()) == 3    # the original is untouched
+
+
+def test_int8_is_refused_below_the_quality_limit(student_file, photos_dir, tmp_path):
+    # The random-weight student's activations are nothing like a trained one's: int8 costs it
+    # ~25 dB, under the 30 dB limit (tests/distill/test_train.py exports a trained one that passes).
+    with pytest.raises(QuantizeError, match=r"int8 output is too far from float32 on 'held-out [^']+': "
+                                         r"PSNR \d\d\.\d dB < 30 dB\n  hint: calibrate on images like"):
+        export_student(ExportConfig(student=student_file, output=tmp_path / "x.onnx", int8=True,
+                                    calibration=(photos_dir,)))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_arguments_are_checked(student_file, photos_dir, tmp_path):
+    out = tmp_path / "x.onnx"
+    with pytest.raises(QuantizeError, match="--int8 needs calibration images") as e:
+        export_student(ExportConfig(student=student_file, output=out, int8=True))
+    assert e.value.exit_code == 2
+    with pytest.raises(ExportError, match="--fp16 and --int8 exclude each other"):
+        export_student(ExportConfig(student=student_file, output=out, int8=True, fp16=True,
+                                    calibration=(photos_dir,)))
+    with pytest.raises(QuantizeError, match="no such file or folder"):
+        export_student(ExportConfig(student=student_file, output=out, int8=True, calibration=(tmp_path / "none",)))
+    with pytest.raises(QuantizeError, match=r"found 1 calibration image\(s\) in .*obama.jpg; at least 2 are needed"):
+        export_student(ExportConfig(student=student_file, output=out, int8=True,
+                                    calibration=(photos_dir / "obama.jpg",)))
+    assert not out.exists()

@@ -6,6 +6,7 @@ import signal
 import socket
 
 import numpy as np
+import onnx
 import pytest
 import torch
 import torch.multiprocessing as mp
@@ -17,12 +18,15 @@ from distill.blend import BlendConfig, blend_files
 from distill.checkpoint import load_generator, save_generator
 from distill.cli import app
 from distill.evaluate import evaluate_student
+from distill.export import ExportConfig, export_student
 from distill.losses import VGG_PLANS, MissingWeightsError
 from distill.pairs import PairsConfig, generate_pairs
 from distill.runs import StudentFileError, load_student
 from distill.train import StepBatches, TrainConfig, TrainError, learning_rate, load_run_config, train
 from distill.translator import PRESETS, build_generator
 from runtime.common import ToonifyError
+from runtime.engine import Toonifier, read_model_info
+from runtime.images import hwc_to_nchw, nchw_to_hwc
 from tests.conftest import FIXTURES
 
 
@@ -287,17 +291,49 @@ def make_teacher_pairs(folder, count: int, val_count: int):
     return folder / "pairs"
 
 
-def test_student_learns_the_teacher(tmp_path):
-    pairs = make_teacher_pairs(tmp_path, count=64, val_count=16)
-    cfg = TrainConfig(pairs=pairs, out=tmp_path / "runs", preset="lite", res=32, steps=300, batch_size=8, lr=1e-3,
+@pytest.fixture(scope="module")
+def learned(tmp_path_factory):
+    """A lite student trained for 300 steps on teacher pairs at 32 px: (pair folder, run folder)."""
+    folder = tmp_path_factory.mktemp("learned")
+    pairs = make_teacher_pairs(folder, count=64, val_count=16)
+    cfg = TrainConfig(pairs=pairs, out=folder / "runs", preset="lite", res=32, steps=300, batch_size=8, lr=1e-3,
                       gan=False, vgg=False, l1_weight=1.0, workers=0, log_every=50, sample_every=300)
-    result = train(cfg)
-    torch.manual_seed(cfg.seed)
+    return pairs, train(cfg).run_dir
+
+
+def test_student_learns_the_teacher(learned):
+    pairs, run_dir = learned
+    torch.manual_seed(TrainConfig.seed)
     untrained = evaluate_student(build_generator("lite"), pairs / "val", 32)
-    trained = evaluate_student(load_student(result.run_dir / "student-ema.pt")[0], pairs / "val", 32)
+    trained = evaluate_student(load_student(run_dir / "student-ema.pt")[0], pairs / "val", 32)
     identity = trained["identity"]["psnr"]
     print(f"held-out PSNR: untrained {untrained['student']['psnr']:.2f} dB, identity {identity:.2f} dB, "
           f"trained {trained['student']['psnr']:.2f} dB (SSIM {trained['student']['ssim']:.3f})")
     assert trained["student"]["psnr"] > identity + 1
     assert trained["student"]["psnr"] > untrained["student"]["psnr"] + 3
     assert trained["student"]["ssim"] > untrained["student"]["ssim"] + 0.2
+
+
+def test_int8_export_of_the_trained_student_keeps_what_it_learned(learned, tmp_path):
+    pairs, run_dir = learned
+    out = tmp_path / "student-int8.onnx"
+    report = export_student(ExportConfig(student=run_dir / "student-ema.pt", output=out, int8=True,
+                                         calibration=(pairs,)))
+    # 32 of the 80 real images, spread evenly: 26 calibrate, 6 check (with the bundled portrait).
+    assert len(report["psnr"]) == 1 + 32 // 5 and min(report["psnr"].values()) >= 30
+    model = onnx.load(str(out))
+    ops = {n.op_type for n in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "DepthToSpace"} <= ops and "ConvTranspose" not in ops
+    assert read_model_info(out).precision == "int8"
+    # Against the teacher's toons on held-out pairs, int8 scores what float32 scores.
+    real, toon = [np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted((pairs / "val" / side).iterdir())])
+                  for side in ("real", "toon")]
+    G = load_student(run_dir / "student-ema.pt")[0]
+    with torch.no_grad():
+        fp32 = nchw_to_hwc(G(torch.from_numpy(hwc_to_nchw(real))).numpy())
+    int8 = Toonifier(out, provider="cpu").run(real)
+    scores = {name: 10 * np.log10(255 ** 2 / np.mean((got.astype(float) - toon) ** 2))
+              for name, got in (("fp32", fp32), ("int8", int8))}
+    assert scores["int8"] == pytest.approx(scores["fp32"], abs=0.3)
+
+
