@@ -169,6 +169,19 @@ def test_cli_live_crop_to_webm_reencodes_audio(tmp_path, clip, model, capsys):
     assert data["mode"] == "crop" and data["frames"] == 30
 
 
+def test_live_smoothing_is_guided_by_default(tmp_path, clip, model):
+    report = tmp_path / "live.json"
+    convert_video(VideoConfig(clip, tmp_path / "live.mp4", model, provider="cpu", live=True, start=3.5,
+                              max_frames=40, report=report))
+    data = json.loads(report.read_text())
+    assert data["smoothing"] == "one-euro (causal), guided by the face's measured motion"
+    faces = sum(data["faces_per_frame"])
+    assert faces > 30 and data["face_motion"]["measured"] + data["face_motion"]["from_landmarks"] == faces - 1
+    motion = data["crop_motion"]
+    assert motion["smoothed"]["slip"] < motion["raw"]["slip"]         # the face slides less within its crop
+    assert motion["smoothing_offset"]["mean"] < 0.01
+
+
 def test_start_and_end_trim_video_and_audio_alike(tmp_path, clip, model):
     out = tmp_path / "part.mov"
     convert_video(VideoConfig(clip, out, model, provider="cpu", start=4.0, end=5.0))
