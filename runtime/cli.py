@@ -135,6 +135,9 @@ def video(
     live: Annotated[bool, typer.Option(
         "--live", help="Smooth the crop with a causal One Euro filter (as a webcam needs) instead of a "
                        "Gaussian over the frames before and after.")] = False,
+    sigma: Annotated[float, typer.Option(
+        min=0, help="Width of the offline smoothing, in frames (0: none). Wider averages more landmark wobble "
+                    "away and holds 3 sigma frames in memory.")] = 3.0,
     guide: Annotated[bool, typer.Option(
         "--guide/--no-guide", help="Let the smoothing follow the face's motion measured from its pixels, so "
                                    "only landmark wobble is averaged away (--no-guide: average the landmarks "
@@ -151,7 +154,8 @@ def video(
     from runtime.video import VideoConfig, convert_video, default_output
     convert_video(VideoConfig(source, output or default_output(source), find_model(model), provider=provider,
                               batch_size=batch_size, start=start, end=end, max_frames=max_frames, crop=crop,
-                              live=live, guided=guide, codec=codec, crf=crf, report=report))
+                              live=live, sigma=sigma, guided=guide, codec=codec, crf=crf,
+                              report=report))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

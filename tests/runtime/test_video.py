@@ -182,6 +182,18 @@ def test_live_smoothing_is_guided_by_default(tmp_path, clip, model):
     assert motion["smoothing_offset"]["mean"] < 0.01
 
 
+def test_cli_sigma_zero_turns_smoothing_off(tmp_path, clip, model):
+    report = tmp_path / "raw.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["video", str(clip), "-o", str(tmp_path / "raw.mp4"), "-m", str(model), "--provider", "cpu",
+              "--sigma", "0", "--no-guide", "--start", "3.5", "--max-frames", "20", "--report", str(report)])
+    assert exit_.value.code == 0
+    data = json.loads(report.read_text())
+    assert data["smoothing"] == "gaussian sigma=0.0 frames"
+    assert data["crop_motion"]["smoothed"] == data["crop_motion"]["raw"]
+    assert data["crop_motion"]["smoothing_offset"]["max"] == 0
+
+
 def test_start_and_end_trim_video_and_audio_alike(tmp_path, clip, model):
     out = tmp_path / "part.mov"
     convert_video(VideoConfig(clip, out, model, provider="cpu", start=4.0, end=5.0))
