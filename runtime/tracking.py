@@ -1,13 +1,16 @@
 """Faces over time: a tracker that follows each face from frame to frame cheaply, the crop
 reduced to four numbers, Gaussian (offline) and One Euro (live) smoothing, and crop-motion metrics.
 
-    tracker, smoother = FaceTracker(every=5), GaussianWindow(sigma=3.0)
-    for track_id, quad in tracker(frame): smoother.add(track_id, index, quad_params(quad))
+    tracker, smoother, probe = FaceTracker(every=5), GaussianWindow(sigma=3.0), FaceMotion()
+    for track_id, quad in tracker(frame):
+        p = quad_params(quad)
+        smoother.add(track_id, index, p, probe(track_id, frame, p))   # the shift guides (runtime.motion)
     quad = params_quad(smoother.smoothed(track_id, index))    # once `lookahead` more frames were added
 
 Video needs a steady crop: dlib's landmarks wobble by a few pixels from frame to frame, which
 on a 256 px toon face is visible shimmer. Smoothing works on (centre, log scale, angle), where
-averaging is meaningful, not on quad corners, and on each track (one face) separately.
+averaging is meaningful, not on quad corners, and on each track (one face) separately; given the
+face's measured motion, it averages only what that motion does not explain.
 """
 from __future__ import annotations
 
