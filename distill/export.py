@@ -6,7 +6,9 @@ The exported graph takes and returns [N, 3, H, W] float32 in [-1, 1] with dynami
 (multiples of the architecture's size multiple). Everything the runtime needs travels in the
 file's `metadata_props` (runtime.engine.ModelInfo), so apps never need torch or this package.
 The export is checked before it is written: onnx.checker, then ONNX Runtime against PyTorch on
-random inputs and on a real photo, at the training size and at a second size.
+random inputs and on a real photo, at the training size and at a second size (`--int8`: PSNR on
+real images instead, distill/quantize.py). What is exported is `export_form(model)`: the same
+function with layers rewritten into forms ONNX Runtime computes faster (PhaseConv, SubPixelUp).
 """
 from __future__ import annotations
 
@@ -245,11 +247,11 @@ def export_student(cfg: ExportConfig) -> dict:
     """Export, check and write the student described by `cfg`; returns a report (paths, parity per input)."""
     if cfg.output.suffix != ".onnx":
         raise ExportError("the output must end in .onnx", path=cfg.output, exit_code=2)
+    if cfg.fp16 and cfg.int8:
+        raise ExportError("--fp16 and --int8 exclude each other", exit_code=2)
     model, meta = load_student(cfg.student)
     model = model.eval().float()
     res, multiple = int(meta["resolution"]), int(meta["size_multiple"])
-    if cfg.fp16 and cfg.int8:
-        raise ExportError("--fp16 and --int8 exclude each other", exit_code=2)
     precision = "fp16" if cfg.fp16 else "int8" if cfg.int8 else "fp32"
     calibration, held_out = quantize.split(quantize.calibration_images(cfg.calibration)) if cfg.int8 else ([], [])
     info = ModelInfo(
