@@ -104,22 +104,6 @@ def export(preset: str, res: int, tmp: Path) -> Path:
     return tmp / f"{preset}.onnx"
 
 
-def export_unchecked(preset: str, res: int, tmp: Path) -> Path:
-    """The same graph and metadata without the parity gate: the random-weight `full` model fails
-    it on the bundled photo (ORT 3.4e-4 from a float64 reference, PyTorch 1.2e-5), and here only
-    its speed is measured."""
-    torch.manual_seed(0)
-    path = tmp / f"{preset}.onnx"
-    export_graph(export_form(build_generator(preset).eval()), torch.zeros(1, 3, res, res), path, 17)
-    model = onnx.load(str(path))
-    info = ModelInfo(input_name="input", output_name="output", resolution=res,
-                     size_multiple=PRESETS[preset].size_multiple, preset=preset)
-    for key, value in info.to_metadata().items():
-        model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
-    return path
-
-
 def export_int8_unchecked(preset: str, res: int, tmp: Path, calibration: list[Path]) -> Path:
     """The student in int8 as `distill export --int8` makes it, without the quality gate: a
     random-weight student loses ~25 dB to int8 (a trained one ~40 dB, tests/distill/test_train.py),
@@ -213,7 +197,7 @@ def main() -> None:
         results["cold_start"] = {f"lite_{s}_{form}": cold_start(path, s) for form, path in lite.items()
                                  for s in (256, 512)}
         if not args.no_full:
-            full = export_unchecked("full", 512, tmp)
+            full = export("full", 512, tmp)
             results["full"] = measure_model("full", {"fp32": full}, [(512, 1)], seconds, threads)
             results["cold_start"]["full_512_fp32"] = cold_start(full, 512)
     peak = results["gemm_peak"]["ort_gflops"]

@@ -188,3 +188,26 @@ def test_int8_arguments_are_checked(student_file, photos_dir, tmp_path):
         export_student(ExportConfig(student=student_file, output=out, int8=True,
                                     calibration=(photos_dir / "obama.jpg",)))
     assert not out.exists()
+
+
+def test_stable_norms_fix_instance_norm_precision_on_image_like_activations(tmp_path):
+    # A channel whose mean dwarfs its spread (a smooth photo through the first conv): ONNX Runtime's
+    # one-pass instance norm loses digits there; the LayerNormalization form does not.
+    norm = torch.nn.InstanceNorm2d(4)
+    export_module.export_graph(norm, torch.zeros(1, 4, 16, 16), tmp_path / "norm.onnx", 17)
+    plain = onnx.load(str(tmp_path / "norm.onnx"))
+    stable = export_module.stable_norms(plain, 2)
+    assert [n.op_type for n in stable.graph.node if "Norm" in n.op_type] == ["LayerNormalization"]
+    assert [n.op_type for n in plain.graph.node if "Norm" in n.op_type] == ["InstanceNormalization"]
+    x = (10 + 0.01 * np.random.default_rng(0).standard_normal((1, 4, 64, 64))).astype(np.float32)
+    x64 = x.astype(np.float64)
+    exact = (x64 - x64.mean((2, 3), keepdims=True)) / np.sqrt(x64.var((2, 3), keepdims=True) + 1e-5)
+    errors = {name: np.abs(export_module.run_both(m.SerializeToString(), norm, {"x": x})["x"][0] - exact).max()
+              for name, m in (("plain", plain), ("stable", stable))}
+    assert errors["plain"] > 1e-4 and errors["stable"] < 1e-6
+    # The export tries the fast form first and the exact one where parity needs it.
+    data, parity, count = export_module._parity_checked(plain, norm, {"x": x}, 1e-4)
+    assert count == 1 and parity["x"] < 1e-4
+    assert b"LayerNormalization" in data
+    data, parity, count = export_module._parity_checked(plain, norm, {"x": x - 10}, 1e-4)
+    assert count == 0 and b"LayerNormalization" not in data
