@@ -91,8 +91,10 @@ def quantize(graph: onnx.ModelProto, images: list[Path], res: int) -> onnx.Model
 
     convs = [n for n in graph.graph.node if n.op_type in ("Conv", "ConvTranspose")]
     # The first conv and the last with all that follows it stay float32 (with a quantized output
-    # ONNX Runtime would quantize the last conv's weights itself, at run time).
-    keep = {convs[0].name} | _downstream(graph.graph, convs[-1])
+    # ONNX Runtime would quantize the last conv's weights itself, at run time), and so do the pads
+    # and ReLUs feeding them: quantizing those would only add Q/DQ pairs at full resolution.
+    keep = (_feeders(graph.graph, convs[0]) | _feeders(graph.graph, convs[-1])
+            | _downstream(graph.graph, convs[-1]))
     quiet = logging.getLogger().level
     logging.getLogger().setLevel(logging.ERROR)        # per-tensor chatter from the quantizer
     try:
@@ -123,6 +125,16 @@ def _downstream(graph: onnx.GraphProto, node: onnx.NodeProto) -> set[str]:
         if tensors.intersection(n.input):
             names.add(n.name)
             tensors.update(n.output)
+    return names
+
+
+def _feeders(graph: onnx.GraphProto, node: onnx.NodeProto) -> set[str]:
+    """The names of `node` and of the Pad and Relu nodes right before it, back to any other op."""
+    makers = {o: n for n in graph.node for o in n.output}
+    names, current = {node.name}, makers.get(node.input[0])
+    while current is not None and current.op_type in ("Pad", "Relu"):
+        names.add(current.name)
+        current = makers.get(current.input[0])
     return names
 
 
