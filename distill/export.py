@@ -30,7 +30,6 @@ from distill import quantize
 from distill.runs import load_student
 from runtime.common import ToonifyError, console, write_bytes_atomic
 from runtime.engine import ModelInfo
-from runtime.images import hwc_to_nchw, read_image, resize
 
 # Parity limits between ONNX Runtime and PyTorch, on outputs in [-1, 1].
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
@@ -205,8 +204,7 @@ def _parity_inputs(cfg: ExportConfig, res: int, multiple: int) -> dict[str, np.n
     inputs = {f"random {res}x{res}": rng.uniform(-1, 1, (2, 3, res, res)).astype(np.float32),
               f"random {other}x{res + multiple}": rng.uniform(-1, 1, (1, 3, other, res + multiple)).astype(np.float32)}
     for path in cfg.parity_images or (bundled_portrait(),):
-        rgb, _ = read_image(path)
-        inputs[f"photo {Path(path).name}"] = hwc_to_nchw(resize(rgb, res, res))
+        inputs[f"photo {Path(path).name}"] = quantize.load_batch(Path(path), res)
     return inputs
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import math
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+import torch
 
+from distill import evaluate
 from distill.data import IMAGE_SUFFIXES
 from runtime.common import ToonifyError, console
 from runtime.images import hwc_to_nchw, read_image, resize
@@ -139,9 +140,9 @@ def _feeders(graph: onnx.GraphProto, node: onnx.NodeProto) -> set[str]:
 
 
 def psnr(got: np.ndarray, expected: np.ndarray) -> float:
-    """dB between two images in [-1, 1] (peak-to-peak 2)."""
-    mse = float(np.mean((got.astype(np.float64) - expected) ** 2))
-    return math.inf if mse == 0 else 10 * math.log10(4 / mse)
+    """dB between batches of images in [-1, 1] ([N, 3, H, W]): the worst image's (distill.evaluate.psnr)."""
+    unit = [(torch.from_numpy(np.asarray(x, np.float64)) + 1) / 2 for x in (got, expected)]
+    return float(evaluate.psnr(*unit).min())
 
 
 def check_quality(scores: dict[str, float]) -> None:
