@@ -47,7 +47,7 @@ from runtime.engine import Toonifier, physical_cores  # noqa: E402
 from runtime.motion import CropSlip, FaceMotion  # noqa: E402
 from runtime.tracking import (CropMotion, CropOffset, FaceTracker, GaussianWindow, OneEuroSmoother,  # noqa: E402
                               quad_params)
-from runtime.video import VideoConfig, convert_video  # noqa: E402
+from runtime.video import VideoConfig, convert_video, ratio  # noqa: E402
 from runtime.videoio import VideoReader  # noqa: E402
 
 CLIP = ROOT.parent / "shared" / "photos" / "short_hamilton_clip.mp4"
@@ -120,10 +120,20 @@ def crop_jitter(clip: Path, max_frames: int | None, detect_every: int) -> dict:
                 offset.add(params, crops[name][track_id][index])
         measures[name] = {**motion.summary(), "slip": slips[name].summary()}, offset.summary()
     before = measures.pop("raw")[0]
-    return {"raw": before, "face_motion": dict(probe.counts),
-            "smoothed": {name: {"motion": after, "reduction": {k: before[k] / after[k] for k in before},
+    return {"raw": before, "face_motion": {**probe.counts, "per_frame": probe.per_frame()},
+            "slip_floor_at_3x_centre_cut": slip_floor(probe.per_frame(), before["change_centre"]),
+            "smoothed": {name: {"motion": after, "reduction": {k: ratio(before[k], after[k]) for k in before},
                                 "offset": offset}
                          for name, (after, offset) in measures.items()}}
+
+
+def slip_floor(face_moves: float | None, raw_change: float | None) -> float | None:
+    """The least mean slip of any crop whose centre changes a third as much as the raw crop's, given
+    how far the face itself moves (both per frame, fractions of the crop side). Frame by frame the
+    face slides within the crop by |crop step - face step| >= |face step| - |crop step|, so over
+    the clip slip >= mean |face step| - mean |crop step|: what the face does not move, the crop
+    cannot avoid by moving less."""
+    return max(face_moves - raw_change / 3, 0.0) if face_moves is not None and raw_change is not None else None
 
 
 def main() -> None:
@@ -201,10 +211,16 @@ def print_tables(console: Console, result: dict) -> None:
     for column in ("smoother", "slip", "change centre", "change scale", "shake centre", "shake scale", "offset"):
         table.add_column(column, justify="right" if column != "smoother" else "left")
     raw = jitter["raw"]
+    if raw["change_centre"] is None:
+        return console.print("crop jitter: no face in the clip")
     table.add_row("raw (per frame, % of crop)", *(f"{100 * raw[k]:.2f}%" for k in keys), "")
     for name, r in jitter["smoothed"].items():
         table.add_row(name, *(f"{r['reduction'][k]:.2f}x" for k in keys), f"{100 * r['offset']['mean']:.2f}%")
     console.print(table)
+    moves, floor = jitter["face_motion"]["per_frame"], jitter["slip_floor_at_3x_centre_cut"]
+    console.print(f"the face itself moves {100 * moves:.2f}% of the crop side per frame (measured from its pixels); "
+                  f"a crop whose centre changes 3x less than the raw one lets it slide at least {100 * floor:.2f}% "
+                  f"per frame, {floor / raw['slip']:.1f}x the raw crop's slip")
 
 
 if __name__ == "__main__":

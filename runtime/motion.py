@@ -80,11 +80,13 @@ class FaceMotion:
     face region is the one of the previous frame's crop, cut from both frames (so the face's own
     motion, not the crop's, is what moves inside it). None for a track's first frame and where the
     measurement is unreliable (occlusion, a turn, motion blur), where the landmarks' own shift
-    stands in. `counts` says how often each happened."""
+    stands in. `counts` says how often each happened; `per_frame()` how far the face moved on
+    average, as a fraction of the crop side per frame (what a crop that follows it must move)."""
 
     def __init__(self):
         self.previous: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.counts = {"measured": 0, "from_landmarks": 0}
+        self.moved = 0.0
 
     def __call__(self, track_id: int, rgb: np.ndarray, params: np.ndarray) -> np.ndarray | None:
         """rgb: [H, W, 3] uint8 frame; params: this frame's raw crop params of the track."""
@@ -101,12 +103,17 @@ class FaceMotion:
                         and np.hypot(*(offset * scale - landmarks)) <= MAX_DISAGREE * 2 * math.exp(at[2]))
             shift = offset * scale if reliable else landmarks
             self.counts["measured" if reliable else "from_landmarks"] += 1
+            self.moved += float(np.hypot(*shift)) / (2 * math.exp(at[2]))
         self.previous[track_id] = face_patch(rgb, params)[0], np.asarray(params, np.float64)
         return shift
 
     def forget(self, keep: set[int]) -> None:
         """Drop the tracks not in `keep` (they ended)."""
         self.previous = {k: v for k, v in self.previous.items() if k in keep}
+
+    def per_frame(self) -> float | None:
+        steps = sum(self.counts.values())
+        return self.moved / steps if steps else None
 
 
 class CropSlip:

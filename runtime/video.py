@@ -357,7 +357,8 @@ def convert_video(cfg: VideoConfig) -> dict:
     return report
 
 
-def _ratio(a, b):
+def ratio(a: float | None, b: float | None) -> float | None:
+    """a / b, None where either is missing (nothing measured) or b is 0."""
     return a / b if a is not None and b else None
 
 
@@ -372,8 +373,10 @@ def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceT
         "inference_runs_at_once": workers, "threads_per_run": cfg.threads or 1,
         "smoothing": ("one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma} frames")
                      + (", guided by the face's measured motion" if cfg.guided else ""),
-        # How often the face's motion came from its pixels, and how often from its landmarks (unreliable pixels).
-        "face_motion": dict(motion.probe.counts) if cfg.guided else None,
+        # How often the face's motion came from its pixels, and how often from its landmarks (unreliable
+        # pixels); and how far the face moved, as a fraction of the crop side per frame: the crop
+        # centre's frame-to-frame change (change_centre below) that following the face takes.
+        "face_motion": {**motion.probe.counts, "per_frame": motion.probe.per_frame()} if cfg.guided else None,
         "frames": len(stats.faces), "faces_per_frame": stats.faces, "detections": dict(tracker.detections),
         "seconds": round(seconds, 3), "frames_per_second": len(stats.faces) / seconds,
         # Of `seconds`: opening the input and loading the ONNX model and dlib's models.
@@ -382,13 +385,13 @@ def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceT
         "busy_seconds": {k: round(v, 3) for k, v in busy.items()},
         # Mean absolute change (0-255) of the face region between consecutive frames: an output
         # that changes much more than its input flickers.
-        "face_region_change": {**mean, "output_over_input": _ratio(mean["output"], mean["input"])},
+        "face_region_change": {**mean, "output_over_input": ratio(mean["output"], mean["input"])},
         # Crop motion of the alignment, before and after smoothing: the crop's frame-to-frame change
         # (change_*) and its second differences (jitter_*, runtime.tracking.CropMotion), which both
         # count the face's own motion too; and how far the face slides within its crop from frame to
         # frame (slip, measured from pixels, runtime.motion.CropSlip): the crop jitter a viewer sees.
         # smoothing_offset: how far smoothing moved the crop centre (runtime.tracking.CropOffset).
         "crop_motion": {"raw": before, "smoothed": after,
-                        "reduction": {k: _ratio(before[k], after[k]) for k in before},
+                        "reduction": {k: ratio(before[k], after[k]) for k in before},
                         "smoothing_offset": motion.offset.summary()},
     }

@@ -66,6 +66,10 @@ def test_face_motion_follows_the_pixels_and_falls_back_to_landmarks(photo):
     jump = base + [20.0, 5.0] + [36.0, 0.0]
     assert probe(0, noise, params_at(*jump, 90.0)) == pytest.approx([36.0, 0.0])
     assert probe.counts == {"measured": 3, "from_landmarks": 2}
+    # How far the face moved: the mean step over all five, relative to the 180 px crop side.
+    steps = [np.hypot(*np.subtract(truth[k], truth[k - 1])) for k in range(1, 4)] + [np.hypot(9.0, 4.0), 36.0]
+    assert probe.per_frame() == pytest.approx(sum(steps) / 5 / 180, rel=0.01)
+    assert FaceMotion().per_frame() is None
     probe.forget({1})
     assert probe(0, photo, params_at(*base, 90.0)) is None               # forgotten: a new start
 
