@@ -17,6 +17,7 @@ from runtime.faces import FaceAligner
 from runtime.tracking import params_quad
 from runtime.video import VideoConfig, _run_stages, _Stats, convert_video, default_output
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoWriter
+from tests.runtime.clips import against_truth, crop_params, moving_face_clip
 from tests.runtime.models import build_model
 
 
@@ -93,17 +94,19 @@ def test_faces_are_converted_and_frames_without_faces_pass_through(full_run, cli
     assert np.abs(after[face_frame][outside].astype(int) - before[face_frame][outside]).mean() < 2
 
 
-def test_smoothing_cuts_crop_jitter_at_least_3x(full_run):
+def test_smoothing_cuts_crop_jitter_on_the_shared_clip(full_run):
     _, report, written = full_run
     assert written == json.loads(json.dumps(report))
     motion = written["crop_motion"]
     reduction = motion["reduction"]
-    # The crop jitter a viewer sees: the face sliding within its crop, measured from pixels.
-    # Smoothing guided by the face's measured motion cuts it >= 3x (3.5x), and the crop scale's
-    # frame-to-frame change too (3.7x). The crop centre's own frame-to-frame change stays: it is
-    # the dancer moving, which the crop must follow (bench/video.py: a Gaussian that does not follow
-    # it cuts that change but lets the face slide 3x more within the crop than no smoothing at all).
-    assert reduction["slip"] >= 3 and reduction["change_scale"] >= 3
+    # The crop scale's frame-to-frame change: cut >= 3x (3.7x). The crop jitter a viewer sees, the
+    # face sliding within its crop (measured by plain phase correlation, apart from the refined
+    # measurement smoothing follows): cut 2.7x, as far as that measure can see, its own error being
+    # about 0.2% of the crop side a frame against the raw crop's 0.53%. The crop centre's own
+    # frame-to-frame change stays: it is the dancer moving, which the crop must follow (the moving
+    # face with a known path below; bench/video.py: a Gaussian that does not follow it cuts that
+    # change but lets the face slide 3x more within the crop than no smoothing at all).
+    assert reduction["slip"] >= 2.5 and reduction["change_scale"] >= 3
     assert 0.9 < reduction["change_centre"] < 1.2
     assert motion["raw"]["slip"] > 0.004                       # dlib's landmarks wobble ~0.5% of the crop side
     # The price: the smoothed crop centre stays within 1% of the crop side of the raw one on average.
@@ -120,22 +123,30 @@ def test_smoothing_cuts_crop_jitter_at_least_3x(full_run):
 def test_smoothing_cuts_a_still_faces_crop_change_3x(tmp_path, photos_dir, model):
     # A face that does not move (a photo on a tripod: sensor noise and H.264 on every frame): all
     # the crop's frame-to-frame change is the landmarks' wobble, and smoothing cuts it >= 3x.
-    photo = Image.open(photos_dir / "obama.jpg").convert("RGB").resize((240, 300))
-    rng, path = np.random.default_rng(0), tmp_path / "still.mp4"
-    with av.open(str(path), "w") as c:
-        s = c.add_stream("libx264", rate=30, options={"crf": "23"})
-        s.width, s.height, s.pix_fmt = 480, 320, "yuv420p"
-        for _ in range(40):
-            frame = np.zeros((320, 480, 3), np.float32)
-            frame[10:310, 120:360] = photo
-            frame += rng.normal(0, 3, frame.shape)
-            c.mux(s.encode(av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), format="rgb24")))
-        c.mux(s.encode())
+    path = tmp_path / "still.mp4"
+    moving_face_clip(path, photos_dir / "obama.jpg", photos_dir / "dogs.jpg", frames=40, moves=False)
     report = convert_video(VideoConfig(path, tmp_path / "toon.mp4", model, provider="cpu", report=tmp_path / "r.json"))
     assert sum(report["faces_per_frame"]) == 40
     motion = report["crop_motion"]
     assert motion["raw"]["change_centre"] > 1e-4 and report["face_motion"]["per_frame"] < 1e-4
     assert motion["reduction"]["change_centre"] >= 3 and motion["reduction"]["change_scale"] >= 3
+
+
+def test_smoothing_follows_a_moving_face_and_cuts_its_crop_jitter(tmp_path, photos_dir, model):
+    # A face swaying and nodding along a known path (3.7% of the crop side a frame), so the crop is
+    # judged against the truth: its jitter is its frame-to-frame change less the face's own step.
+    path = tmp_path / "moving.mp4"
+    truth = moving_face_clip(path, photos_dir / "obama.jpg", photos_dir / "dogs.jpg", frames=60)
+    ways = {"raw": {"sigma": 0, "guided": False}, "guided": {}, "plain": {"guided": False}}
+    measured = {name: against_truth(crop_params(VideoConfig(path, tmp_path / "out.mp4", model, **kw)), truth)
+                for name, kw in ways.items()}
+    raw, guided, plain = measured["raw"], measured["guided"], measured["plain"]
+    # The default (guided, sigma 3) follows the face: its centre jitters less than half as much as
+    # the landmarks' (measured 2.4x) and stays half as far from the face's path; its scale 15x less.
+    assert guided["jitter_centre"] < raw["jitter_centre"] / 2 and guided["offset"] < raw["offset"]
+    assert guided["jitter_scale"] < raw["jitter_scale"] / 5
+    # The same Gaussian not guided lags the swaying face: 12x the raw crop's jitter, 26x its offset.
+    assert plain["jitter_centre"] > 5 * raw["jitter_centre"] and plain["offset"] > 10 * raw["offset"]
 
 
 def test_report_counts_detections_and_setup(full_run):

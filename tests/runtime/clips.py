@@ -1,0 +1,91 @@
+"""Clips of a real face moving along a known path, so crop smoothing can be judged against the
+truth: a face photo, feathered to an ellipse, slides over a static real background, with sensor
+noise on every frame and H.264 on top (what makes dlib's landmarks wobble on a real clip).
+
+    truth = moving_face_clip(path, face_photo, background_photo, moves=True)   # [frames, 2] face offsets, px
+    against_truth(crop_params(VideoConfig(path, ...)), truth)    # the crop's jitter against the face's path
+
+bench/video.py measures with it too.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter
+
+from runtime.tracking import FaceTracker, quad_params
+from runtime.video import VideoConfig, _Motion, _quads
+from runtime.videoio import VideoReader
+
+SIZE = (480, 360)          # frame width, height
+FACE = (240, 300)          # the face photo is resized to this
+RATE = 30
+
+
+def bobbing(frames: int, rate: int = RATE) -> np.ndarray:
+    """A face that keeps moving, as a rapper's or a talker's does: sways and nods at 0.9 to 3.1 Hz,
+    [frames, 2] offsets in pixels. With the clip's face (a crop side of about 200 px) it moves
+    about 2% of the crop side a frame, as the dancer of the shared clip does."""
+    t = np.arange(frames) / rate
+    x = 14 * np.sin(2 * math.pi * 1.3 * t) + 8 * np.sin(2 * math.pi * 3.1 * t + 1.0)
+    y = 6 * np.sin(2 * math.pi * 0.9 * t + 2.0) + 4 * np.sin(2 * math.pi * 2.3 * t)
+    return np.stack([x, y], axis=1)
+
+
+def moving_face_clip(path: Path, face: Path, background: Path, frames: int = 60, moves: bool = True,
+                     seed: int = 0) -> np.ndarray:
+    """Write an H.264 clip (SIZE, RATE fps) of `face` moving by `bobbing` (or held still) over
+    `background`; returns the face's true offset on each frame, [frames, 2] pixels."""
+    rng = np.random.default_rng(seed)
+    truth = bobbing(frames) if moves else np.zeros((frames, 2))
+    back = np.asarray(Image.open(background).convert("RGB").resize(SIZE), np.float32)
+    photo = Image.open(face).convert("RGB").resize(FACE)
+    mask = Image.new("L", FACE, 0)
+    ImageDraw.Draw(mask).ellipse((10, 0, FACE[0] - 10, FACE[1]), fill=255)
+    layer = Image.new("RGBA", SIZE)
+    layer.paste(Image.merge("RGBA", (*photo.split(), mask.filter(ImageFilter.GaussianBlur(12)))),
+                ((SIZE[0] - FACE[0]) // 2, (SIZE[1] - FACE[1]) // 2))
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("libx264", rate=RATE, options={"crf": "23"})
+        stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
+        for dx, dy in truth:
+            # Sub-pixel shift: output(p) = layer(p - (dx, dy)).
+            moved = np.asarray(layer.transform(SIZE, Image.Transform.AFFINE, (1, 0, -dx, 0, 1, -dy),
+                                               Image.Resampling.BICUBIC), np.float32)
+            alpha = moved[..., 3:] / 255
+            frame = back * (1 - alpha) + moved[..., :3] * alpha + rng.normal(0, 3, back.shape)
+            image = av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), format="rgb24")
+            c.mux(stream.encode(image))
+        c.mux(stream.encode())
+    return truth
+
+
+def crop_params(cfg: VideoConfig) -> dict[int, np.ndarray]:
+    """The crop the video path uses on each frame of cfg.input (its largest face), as quad_params
+    [cx, cy, log half-side, angle], by frame index: decoding, tracking and smoothing as configured."""
+    out = {}
+    for frame, quads in _quads(VideoReader(cfg.input), cfg, FaceTracker(cfg.detect_every), _Motion()):
+        if quads:
+            out[frame.index] = quad_params(quads[0])
+    return out
+
+
+def against_truth(crops: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:
+    """How a crop follows a face whose true offsets are `truth` ([frames, 2] px, the face's size
+    fixed), relative to the crop side: `jitter_centre`, the mean frame-to-frame change of the crop
+    centre less the face's own step (what a crop that follows the face exactly has none of);
+    `jitter_scale`, the mean frame-to-frame change of the crop side; `offset`, the mean distance of
+    the crop centre from the face's path (its constant part removed: the crop's own choice of centre);
+    `face_moves`, the face's own mean step."""
+    frames = sorted(crops)
+    params = np.array([crops[i] for i in frames])
+    side = 2 * np.exp(params[:, 2])
+    error = params[:, :2] - truth[frames]
+    steps = np.diff(frames) == 1
+    return {"jitter_centre": float((np.hypot(*np.diff(error, axis=0).T) / side[:-1])[steps].mean()),
+            "jitter_scale": float((np.abs(np.diff(side)) / side[:-1])[steps].mean()),
+            "offset": float((np.hypot(*(error - error.mean(0)).T) / side).mean()),
+            "face_moves": float((np.hypot(*np.diff(truth[frames], axis=0).T) / side[:-1])[steps].mean())}
