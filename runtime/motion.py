@@ -102,6 +102,8 @@ def refine(before: np.ndarray, rgb: np.ndarray, at: np.ndarray, shift: np.ndarra
         diff -= (weights * diff).sum() / weights.sum()
         step = np.linalg.solve(normal, np.einsum("ihw,hw,hw->i", g, diff, weights))
         total -= step * scale
+        if np.abs(step).max() <= 0.01:             # settled: a further step would move it < 0.01 patch px
+            break
     # Still moving by the last step, or far from the first estimate: the linearisation did not
     # hold (the first estimate was off by pixels); keep that estimate.
     settled = np.abs(step).max() <= 0.05 and np.abs(total - shift).max() <= 2 * scale

@@ -58,8 +58,9 @@ class VideoConfig:
     codec: str = "libx264"
     crf: int = 18
     # Offline smoothing width, frames. On the shared clip (bench/video.py), guided, sigma 3 cuts how far
-    # the face slides within its crop from frame to frame 3.5x (2: 3.0x, 6: 4.2x) and the crop scale's
-    # frame-to-frame change 3.7x, and keeps the crop centre 0.4% of the crop side from the raw one.
+    # the face slides within its crop from frame to frame 2.7x (2: 2.5x, 6: 3.1x) and the crop scale's
+    # frame-to-frame change 3.7x, and keeps the crop centre 0.4% of the crop side from the raw one;
+    # on a face moving along a known path, its centre jitter against the truth 2.5x (10: 2.5x).
     # A lookahead of 3 sigma frames is held in memory.
     sigma: float = 3.0
     detect_every: int = 5           # a detection every this many frames while faces are followed (see FaceTracker)
