@@ -157,10 +157,11 @@ def known_path(face: Path, background: Path, frames: int) -> dict:
         truth = moving_face_clip(path, face, background, frames=frames)
         measured = {name: against_truth(crop_params(VideoConfig(path, path, path, **kw)), truth)
                     for name, kw in ways.items()}
-    moves = [m.pop("face_moves") for m in measured.values()][0]
     raw = measured.pop("raw")
+    moves = raw.pop("face_moves")
     return {"face": str(face), "background": str(background), "frames": frames, "face_moves_per_frame": moves,
-            "raw": raw, "smoothed": {name: {"measured": m, "reduction": {k: ratio(raw[k], m[k]) for k in raw}}
+            "raw": raw, "smoothed": {name: {"measured": {k: m[k] for k in raw},
+                                            "reduction": {k: ratio(raw[k], m[k]) for k in raw}}
                                      for name, m in measured.items()}}
 
 

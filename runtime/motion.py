@@ -1,6 +1,7 @@
 """The face's own motion, measured from its pixels: phase correlation of the face region between
-consecutive frames, refined by Lucas-Kanade least squares. Smoothing uses it to tell the face moving from its landmarks wobbling, and the
-video report uses it to measure how much the face slides within its crop.
+consecutive frames, refined by Lucas-Kanade least squares. Smoothing uses it to tell the face
+moving from its landmarks wobbling, and the video report uses it to measure how much the face
+slides within its crop.
 
     probe = FaceMotion()
     shift = probe(track_id, rgb_frame, params)    # [dx, dy] frame pixels since the track's last frame, or None
@@ -33,12 +34,17 @@ def grey(rgb: np.ndarray) -> np.ndarray:
     return rgb @ np.array([0.299, 0.587, 0.114], np.float32)
 
 
-def _window(n: int) -> np.ndarray:
+def _hann(n: int) -> np.ndarray:
     w = np.hanning(n + 2)[1:-1].astype(np.float32)
     return np.outer(w, w)
 
 
-WINDOW = _window(PATCH)
+WINDOW = _hann(PATCH)
+
+
+def _window(n: int) -> np.ndarray:
+    """The [n, n] Hann window patches are weighted by (PATCH's computed once)."""
+    return WINDOW if n == PATCH else _hann(n)
 
 
 def _subpixel(values: np.ndarray, k: int) -> float:
@@ -53,8 +59,7 @@ def phase_shift(before: np.ndarray, after: np.ndarray) -> tuple[np.ndarray, floa
     pixels, so that after(p) ~ before(p - shift)) and the correlation peak's height, 1.0 for a
     perfect circular shift, near 0 for unrelated patches."""
     n = before.shape[0]
-    spectra = [np.fft.rfft2((p - p.mean()) * WINDOW if n == PATCH else (p - p.mean()) * _window(n))
-               for p in (before, after)]
+    spectra = [np.fft.rfft2((p - p.mean()) * _window(n)) for p in (before, after)]
     cross = spectra[1] * np.conj(spectra[0])
     surface = np.fft.irfft2(cross / (np.abs(cross) + 1e-9), s=(n, n))
     y, x = np.unravel_index(int(np.argmax(surface)), surface.shape)
@@ -87,7 +92,7 @@ def refine(before: np.ndarray, rgb: np.ndarray, at: np.ndarray, shift: np.ndarra
     frequency alike, the noisy high ones too; this weighs each pixel by its gradient, and cuts the
     error of a step about 2.5x (0.24 -> 0.09 px on a face in noise and H.264, tests/runtime/clips.py)."""
     gy, gx = np.gradient(before)
-    weights = WINDOW if before.shape[0] == PATCH else _window(before.shape[0])
+    weights = _window(before.shape[0])
     g = np.stack([gx, gy])
     normal = np.einsum("ihw,jhw,hw->ij", g, g, weights)
     if np.linalg.cond(normal) > 1e6:              # a flat patch: nothing to refine on

@@ -27,8 +27,8 @@ RATE = 30
 
 def bobbing(frames: int, rate: int = RATE) -> np.ndarray:
     """A face that keeps moving, as a rapper's or a talker's does: sways and nods at 0.9 to 3.1 Hz,
-    [frames, 2] offsets in pixels. With the clip's face (a crop side of about 200 px) it moves
-    about 2% of the crop side a frame, as the dancer of the shared clip does."""
+    [frames, 2] offsets in pixels. With the clip's face (a crop side of about 110 px) it moves
+    about 3.7% of the crop side a frame, faster than the dancer of the shared clip (2.3%)."""
     t = np.arange(frames) / rate
     x = 14 * np.sin(2 * math.pi * 1.3 * t) + 8 * np.sin(2 * math.pi * 3.1 * t + 1.0)
     y = 6 * np.sin(2 * math.pi * 0.9 * t + 2.0) + 4 * np.sin(2 * math.pi * 2.3 * t)

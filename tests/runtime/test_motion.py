@@ -1,6 +1,6 @@
 """The face's motion from its pixels: phase correlation and its Lucas-Kanade refinement against
-known shifts of a real photo, the probe's fallback to landmarks, guided smoothing that follows motion without lag, and the
-crop-slip measure."""
+known shifts of a real photo, the probe's fallback to landmarks, guided smoothing that follows
+motion without lag, and the crop-slip measure."""
 import math
 
 import numpy as np
