@@ -137,7 +137,7 @@ def video(
                        "Gaussian over the frames before and after.")] = False,
     sigma: Annotated[float, typer.Option(
         min=0, help="Width of the offline smoothing, in frames (0: none). Wider averages more landmark wobble "
-                    "away and holds 3 sigma frames in memory.")] = 3.0,
+                    "away and holds 3 sigma frames in memory.")] = 6.0,
     guide: Annotated[bool, typer.Option(
         "--guide/--no-guide", help="Let the smoothing follow the face's motion measured from its pixels, so "
                                    "only landmark wobble is averaged away (--no-guide: average the landmarks "

@@ -9,12 +9,15 @@ slides within its crop.
 dlib's landmarks wobble by about 0.5% of the crop side from frame to frame; a dancing face moves
 by several percent. Averaging the landmarks over time (a plain Gaussian) cannot remove the first
 without lagging behind the second. Phase correlation finds the face's translation regardless of
-the landmarks, to about a quarter pixel in sensor noise and H.264; refined, to under a tenth (on a
-face moving along a known path, tests/runtime/clips.py: 0.09 px a frame, against 0.24 px unrefined
-and 0.23 px for the landmarks). Smoothing follows it exactly and averages only what it does not
-explain (runtime.tracking.GaussianWindow, OneEuroSmoother), so the crop's own jitter is the
-measurement's. CropSlip, the report's measure of how far the face slides within its crop, keeps
-plain phase correlation: a measure apart from the one smoothing follows.
+the landmarks, to about a tenth of a pixel in sensor noise; refined, to under a hundredth (a face
+moving along a known path, tests/runtime/clips.py, lossless: 0.007 px a frame, against 0.13 px
+unrefined and 0.21 px for the landmarks; at crf 23, 0.07 px, nearly all of it H.264's
+quarter-pixel motion compensation moving the decoded face off the path, which the crop should
+follow). Smoothing follows it exactly and averages only what it does not explain
+(runtime.tracking.GaussianWindow, OneEuroSmoother), so the crop's own jitter is the
+measurement's: on that known path, losslessly, 0.01% of the crop side a frame. The tracker moves
+dlib's landmark box by it before placing the landmarks (runtime.tracking.FaceTracker), and
+CropSlip, the report's measure of how far the face slides within its crop, uses it too.
 """
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ def refine(before: np.ndarray, rgb: np.ndarray, at: np.ndarray, shift: np.ndarra
     matches the face region of `rgb` (the next frame) to `before`, by least squares on the
     brightness gradient (Hann-weighted, brightness offset removed). Phase correlation weighs every
     frequency alike, the noisy high ones too; this weighs each pixel by its gradient, and cuts the
-    error of a step about 2.5x (0.24 -> 0.09 px on a face in noise and H.264, tests/runtime/clips.py)."""
+    error of a step from 0.13 to 0.007 px on a face in sensor noise (tests/runtime/clips.py)."""
     gy, gx = np.gradient(before)
     weights = _window(before.shape[0])
     g = np.stack([gx, gy])
@@ -128,20 +131,37 @@ class FaceMotion:
         self.counts = {"measured": 0, "from_landmarks": 0}
         self.moved = 0.0
 
+    def pixels(self, track_id: int, rgb: np.ndarray) -> np.ndarray | None:
+        """The face's translation since the track's previous frame from the pixels alone ([dx, dy]
+        frame pixels; rgb: [H, W, 3] uint8): None for a track's first frame or no clear match.
+        Needs no landmarks, so the tracker can move its landmark box by it first (FaceTracker)."""
+        last = self.previous.get(track_id)
+        if last is None:
+            return None
+        before, at = last
+        after, scale = face_patch(rgb, at)
+        offset, peak = phase_shift(before, after)
+        if peak < MIN_PEAK or np.abs(offset).max() > MAX_SHIFT * PATCH:
+            return None
+        return refine(before, rgb, at, offset * scale)
+
     def __call__(self, track_id: int, rgb: np.ndarray, params: np.ndarray) -> np.ndarray | None:
         """rgb: [H, W, 3] uint8 frame; params: this frame's raw crop params of the track."""
+        return self.settle(track_id, rgb, params, self.pixels(track_id, rgb))
+
+    def settle(self, track_id: int, rgb: np.ndarray, params: np.ndarray, pixels: np.ndarray | None) -> np.ndarray | None:
+        """The shift for this frame, given pixels(track_id, rgb) measured on it: the pixels' where
+        they agree with the landmarks, else the landmarks'. Then `rgb` and `params` become the
+        track's previous frame."""
         last = self.previous.get(track_id)
         shift = None
         if last is not None:
-            before, at = last
-            after, scale = face_patch(rgb, at)
-            offset, peak = phase_shift(before, after)
+            at = last[1]
             landmarks = np.asarray(params[:2], np.float64) - at[:2]
             # dlib's landmarks wobble by ~0.5% of the crop side: far more disagreement means the
             # pixels matched something else (background, a hand), or the landmarks jumped faces.
-            reliable = (peak >= MIN_PEAK and np.abs(offset).max() <= MAX_SHIFT * PATCH
-                        and np.hypot(*(offset * scale - landmarks)) <= MAX_DISAGREE * 2 * math.exp(at[2]))
-            shift = refine(before, rgb, at, offset * scale) if reliable else landmarks
+            reliable = pixels is not None and np.hypot(*(pixels - landmarks)) <= MAX_DISAGREE * 2 * math.exp(at[2])
+            shift = pixels if reliable else landmarks
             self.counts["measured" if reliable else "from_landmarks"] += 1
             self.moved += float(np.hypot(*shift)) / (2 * math.exp(at[2]))
         self.previous[track_id] = face_patch(rgb, params)[0], np.asarray(params, np.float64)
@@ -158,7 +178,8 @@ class FaceMotion:
 
 class CropSlip:
     """How far the face moves within its crop from one frame to the next, relative to the crop
-    side, measured from the pixels each frame's own crop holds: what a steady crop keeps small.
+    side, measured from the pixels each frame's own crop holds (phase correlation, refined): what
+    a steady crop keeps small.
     (The crop's own frame-to-frame change, runtime.tracking.CropMotion, also counts the face's
     real motion, which a crop must follow.) Mean over all faces and consecutive frames."""
 
@@ -171,8 +192,8 @@ class CropSlip:
         patch, scale = face_patch(rgb, params)
         last = self.previous.get(track_id)
         if last is not None:
-            shift, _ = phase_shift(last, patch)
-            self.total += float(np.hypot(*shift)) * scale / (2 * math.exp(params[2]))
+            shift = refine(last, rgb, params, phase_shift(last, patch)[0] * scale)
+            self.total += float(np.hypot(*shift)) / (2 * math.exp(params[2]))
             self.count += 1
         self.previous[track_id] = patch
 

@@ -1,10 +1,10 @@
 """Faces over time: a tracker that follows each face from frame to frame cheaply, the crop
 reduced to four numbers, Gaussian (offline) and One Euro (live) smoothing, and crop-motion metrics.
 
-    tracker, smoother, probe = FaceTracker(every=5), GaussianWindow(sigma=3.0), FaceMotion()
+    tracker, smoother = FaceTracker(every=5), GaussianWindow(sigma=3.0)
     for track_id, quad in tracker(frame):
         p = quad_params(quad)
-        smoother.add(track_id, index, p, probe(track_id, frame, p))   # the shift guides (runtime.motion)
+        smoother.add(track_id, index, p, tracker.shifts[track_id])   # the face's motion guides (runtime.motion)
     quad = params_quad(smoother.smoothed(track_id, index))    # once `lookahead` more frames were added
 
 Video needs a steady crop: dlib's landmarks wobble by a few pixels from frame to frame, which
@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from runtime.faces import Face, FaceAligner, ffhq_quad
+from runtime.motion import FaceMotion
 
 DETECT_SIDE = 640        # detection runs on frames scaled so their longer side is at most this
 CUT_CHANGE = 20.0        # mean change (0-255) of a 64 px wide thumbnail that marks a scene cut
@@ -209,8 +210,12 @@ def _iou(a, b) -> float:
 
 
 class FaceTracker:
-    """Faces followed from frame to frame. In between detections the previous frame's landmarks
-    give the box for this frame's (~1 ms a face). Detection (on a copy at most DETECT_SIDE px) is
+    """Faces followed from frame to frame. In between detections the previous frame's landmarks,
+    moved by the face's motion measured from its pixels (runtime.motion), give the box for this
+    frame's (~1 ms a face; unmoved, dlib's landmarks lag a fast face, and jump where it moves
+    by several percent of its size in a frame). `shifts` holds each returned face's motion since
+    the previous frame (FaceMotion: the pixels', or the landmarks' where the two disagree; None
+    for a new face), which guides smoothing. Detection (on a copy at most DETECT_SIDE px) is
     coarse, dlib's HOG without upsampling (~18 ms at 640x360, faces from about 80 px in the copy),
     or fine, with one upsample (~75 ms, from about 40 px). A coarse one runs every `every` frames
     while faces are followed, every IDLE_EVERY frames while none is, at scene cuts and whenever a
@@ -225,6 +230,7 @@ class FaceTracker:
         self.tracks: list[_Track] = []
         self.next_id, self.age, self.detected_at, self.fine_at = 0, 0, -math.inf, -math.inf
         self.detections = {"coarse": 0, "fine": 0, "fine_local": 0}
+        self.motion, self.shifts = FaceMotion(), {}
 
     def __call__(self, rgb: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """[H, W, 3] uint8 RGB -> [(track id, FFHQ quad [4, 2] float32)], largest face first."""
@@ -242,23 +248,29 @@ class FaceTracker:
         # Without a cut a face comes into view over several frames: looking every third frame
         # finds it at most two frames late, for a third of the cost.
         due = self.age - self.detected_at >= (self.every if self.tracks else IDLE_EVERY)
-        if cut or due or (self.tracks and not self._follow(rgb)):
+        pixels = {t.id: self.motion.pixels(t.id, rgb) for t in self.tracks}
+        if cut or due or (self.tracks and not self._follow(rgb, pixels)):
             self._detect(rgb, cut)
         self.age += 1
         tracks = sorted(self.tracks, key=lambda t: -np.prod(np.ptp(t.landmarks, axis=0)))
-        return [(t.id, ffhq_quad(t.landmarks)) for t in tracks]
+        faces = [(t.id, ffhq_quad(t.landmarks)) for t in tracks]
+        self.shifts = {i: self.motion.settle(i, rgb, quad_params(q), pixels.get(i)) for i, q in faces}
+        self.motion.forget(set(self.shifts))
+        return faces
 
-    def _follow(self, rgb: np.ndarray) -> bool:
+    def _follow(self, rgb: np.ndarray, pixels: dict[int, np.ndarray | None]) -> bool:
         moved = []
         for t in self.tracks:
             old = _bounds(t.landmarks)
             size = old[2:] - old[:2]
-            box = old + t.box_from_landmarks * np.tile(size, 2)
+            moved_by = pixels.get(t.id)
+            moved_by = np.zeros(2) if moved_by is None else moved_by
+            box = old + t.box_from_landmarks * np.tile(size, 2) + np.tile(moved_by, 2)
             lm = self.coarse.landmarks(rgb, tuple(int(round(v)) for v in box))
             new = _bounds(lm)
             # The predictor always answers; a face that left its box shows as a jump or a resize.
             ratio = (new[2] - new[0]) / max(size[0], 1.0)
-            shift = np.hypot(*((new[:2] + new[2:] - old[:2] - old[2:]) / 2))
+            shift = np.hypot(*((new[:2] + new[2:] - old[:2] - old[2:]) / 2 - moved_by))
             if not 0.7 < ratio < 1.4 or shift > 0.5 * size[0]:
                 return False
             moved.append(lm)

@@ -8,7 +8,7 @@ face's crop over time (guided by the face's motion measured from its pixels, run
 and align it; (2) run the model on batches of crops, on CPU one
 single-threaded run per core at a time; (3) paste back and encode. The offline smoothing is a
 Gaussian over the frames before and after, so stage 1 holds each frame until 3 sigma later
-frames are tracked (a fixed lookahead of 9 frames by default); `live` uses a causal One Euro
+frames are tracked (a fixed lookahead of 18 frames by default); `live` uses a causal One Euro
 filter instead, with no lookahead, as a webcam needs.
 Timestamps and audio packets are copied; the output appears (one rename) only when the whole
 run has succeeded, so Ctrl-C or a crash leaves nothing half-written.
@@ -33,7 +33,7 @@ import numpy as np
 from runtime.common import atomic_path, console, progress, write_json_atomic
 from runtime.engine import Toonifier, physical_cores
 from runtime.faces import FaceAligner, align, paste_back
-from runtime.motion import CropSlip, FaceMotion
+from runtime.motion import CropSlip
 from runtime.tracking import (CropMotion, CropOffset, FaceTracker, GaussianWindow, OneEuroSmoother, params_quad,
                               quad_params)
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoReader, VideoWriter, atomic_dir
@@ -57,12 +57,13 @@ class VideoConfig:
     guided: bool = True             # smoothing follows the face's motion measured from its pixels (runtime.motion)
     codec: str = "libx264"
     crf: int = 18
-    # Offline smoothing width, frames. On the shared clip (bench/video.py), guided, sigma 3 cuts how far
-    # the face slides within its crop from frame to frame 2.7x (2: 2.5x, 6: 3.1x) and the crop scale's
-    # frame-to-frame change 3.7x, and keeps the crop centre 0.4% of the crop side from the raw one;
-    # on a face moving along a known path, its centre jitter against the truth 2.5x (10: 2.5x).
+    # Offline smoothing width, frames. Guided, a wider window costs no lag (the motion is followed,
+    # only the landmarks' residual is averaged): on a face moving along a known path (bench/video.py)
+    # sigma 6 cuts the crop centre's jitter against the truth 25x (3: 17x, 10: 27x). On the shared
+    # clip it cuts how far the face slides within its crop 4.3x (3: 2.8x) and the crop scale's
+    # frame-to-frame change 6.6x, keeping the crop centre 0.5% of the crop side from the raw one.
     # A lookahead of 3 sigma frames is held in memory.
-    sigma: float = 3.0
+    sigma: float = 6.0
     detect_every: int = 5           # a detection every this many frames while faces are followed (see FaceTracker)
     report: Path | None = None
 
@@ -137,7 +138,6 @@ class _Motion:
     offset: CropOffset = field(default_factory=CropOffset)
     raw_slip: CropSlip = field(default_factory=CropSlip)
     smooth_slip: CropSlip = field(default_factory=CropSlip)
-    probe: FaceMotion = field(default_factory=FaceMotion)
 
 
 def _centre_params(image: np.ndarray) -> np.ndarray:
@@ -150,7 +150,7 @@ def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> I
     """Frames with their smoothed FFHQ quads, largest face first (--crop: exactly one quad, the
     largest face's, else the last one seen). `motion` measures the crops before and after smoothing."""
     smoother = OneEuroSmoother(float(source.rate or 30)) if cfg.live else GaussianWindow(cfg.sigma)
-    pending, held, probe = deque(), None, motion.probe
+    pending, held = deque(), None
 
     def finish(frame: Frame, raw: dict[int, np.ndarray]):
         nonlocal held
@@ -173,11 +173,10 @@ def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> I
         raw = {}
         for track_id, quad in tracker(frame.image):
             raw[track_id] = p = quad_params(quad)
-            smoother.add(track_id, frame.index, p, probe(track_id, frame.image, p) if cfg.guided else None)
+            smoother.add(track_id, frame.index, p, tracker.shifts[track_id] if cfg.guided else None)
             motion.raw.add(track_id, p)
             if motion.slip:
                 motion.raw_slip.add(track_id, frame.image, p)
-        probe.forget(set(raw))
         motion.raw_slip.forget(set(raw))
         pending.append((frame, raw))
         if len(pending) > smoother.lookahead:
@@ -377,7 +376,7 @@ def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceT
         # How often the face's motion came from its pixels, and how often from its landmarks (unreliable
         # pixels); and how far the face moved, as a fraction of the crop side per frame: the crop
         # centre's frame-to-frame change (change_centre below) that following the face takes.
-        "face_motion": {**motion.probe.counts, "per_frame": motion.probe.per_frame()} if cfg.guided else None,
+        "face_motion": {**tracker.motion.counts, "per_frame": tracker.motion.per_frame()} if cfg.guided else None,
         "frames": len(stats.faces), "faces_per_frame": stats.faces, "detections": dict(tracker.detections),
         "seconds": round(seconds, 3), "frames_per_second": len(stats.faces) / seconds,
         # Of `seconds`: opening the input and loading the ONNX model and dlib's models.
