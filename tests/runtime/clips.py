@@ -23,6 +23,7 @@ import av
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+from runtime.motion import face_patch, phase_shift, refine
 from runtime.tracking import FaceTracker, quad_params
 from runtime.video import VideoConfig, _Motion, _quads
 from runtime.videoio import VideoReader
@@ -50,6 +51,27 @@ def fourier_shift(image: np.ndarray, dx: float, dy: float) -> np.ndarray:
     return np.fft.irfft2(np.fft.rfft2(image, axes=(0, 1)) * phase[..., None], s=(h, w), axes=(0, 1))
 
 
+class Scene:
+    """The face photo, feathered to an ellipse, over the background: `render(dx, dy)` is the frame
+    with the face moved by (dx, dy) px, [H, W, 3] float, before noise and encoding."""
+
+    def __init__(self, face: Path, background: Path):
+        self.back = np.asarray(Image.open(background).convert("RGB").resize(SIZE), np.float32)
+        photo = Image.open(face).convert("RGB").resize(FACE)
+        mask = Image.new("L", FACE, 0)
+        ImageDraw.Draw(mask).ellipse((10, 0, FACE[0] - 10, FACE[1]), fill=255)
+        layer = Image.new("RGBA", SIZE)
+        layer.paste(Image.merge("RGBA", (*photo.split(), mask.filter(ImageFilter.GaussianBlur(12)))),
+                    ((SIZE[0] - FACE[0]) // 2, (SIZE[1] - FACE[1]) // 2))
+        rgba = np.asarray(layer, np.float32)
+        alpha = rgba[..., 3:] / 255
+        self.premultiplied = np.concatenate([rgba[..., :3] * alpha, alpha], axis=-1)    # what shifts exactly
+
+    def render(self, dx: float, dy: float) -> np.ndarray:
+        moved = fourier_shift(self.premultiplied, dx, dy)
+        return self.back * (1 - moved[..., 3:]) + moved[..., :3]
+
+
 def moving_face_clip(path: Path, face: Path, background: Path, frames: int = 60, moves: bool = True,
                      crf: int = 23, speed: float = 1.0, seed: int = 0) -> np.ndarray:
     """Write an H.264 clip (SIZE, RATE fps, `crf`: 0 is lossless) of `face` moving by `bobbing`
@@ -57,26 +79,32 @@ def moving_face_clip(path: Path, face: Path, background: Path, frames: int = 60,
     each frame, [frames, 2] px."""
     rng = np.random.default_rng(seed)
     truth = bobbing(frames, speed=speed) if moves else np.zeros((frames, 2))
-    back = np.asarray(Image.open(background).convert("RGB").resize(SIZE), np.float32)
-    photo = Image.open(face).convert("RGB").resize(FACE)
-    mask = Image.new("L", FACE, 0)
-    ImageDraw.Draw(mask).ellipse((10, 0, FACE[0] - 10, FACE[1]), fill=255)
-    layer = Image.new("RGBA", SIZE)
-    layer.paste(Image.merge("RGBA", (*photo.split(), mask.filter(ImageFilter.GaussianBlur(12)))),
-                ((SIZE[0] - FACE[0]) // 2, (SIZE[1] - FACE[1]) // 2))
-    rgba = np.asarray(layer, np.float32)
-    alpha = rgba[..., 3:] / 255
-    premultiplied = np.concatenate([rgba[..., :3] * alpha, alpha], axis=-1)    # what shifts exactly
+    scene = Scene(face, background)
     with av.open(str(path), "w") as c:
         stream = c.add_stream("libx264", rate=RATE, options={"crf": str(crf)})
         stream.width, stream.height, stream.pix_fmt = *SIZE, "yuv420p"
         for dx, dy in truth:
-            moved = fourier_shift(premultiplied, dx, dy)
-            frame = back * (1 - moved[..., 3:]) + moved[..., :3] + rng.normal(0, 3, back.shape)
+            frame = scene.render(dx, dy) + rng.normal(0, 3, scene.back.shape)
             image = av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), format="rgb24")
             c.mux(stream.encode(image))
         c.mux(stream.encode())
     return truth
+
+
+def codec_drift(path: Path, face: Path, background: Path, truth: np.ndarray, crops: dict[int, np.ndarray]) -> float:
+    """How far the encoding itself moved the face off its path, as the mean frame-to-frame change
+    relative to the crop side: each decoded frame's face region registered (runtime.motion) on the
+    same frame rendered without noise or encoding. A crop that follows the decoded face exactly is
+    charged this much jitter by against_truth."""
+    scene, offsets, sides = Scene(face, background), [], []
+    for frame in VideoReader(path).frames():
+        at = crops[frame.index]
+        clean = np.clip(scene.render(*truth[frame.index]), 0, 255).astype(np.uint8)
+        before, scale = face_patch(clean, at)
+        first = phase_shift(before, face_patch(frame.image, at)[0])[0] * scale
+        offsets.append(refine(before, frame.image, at, first))
+        sides.append(2 * math.exp(at[2]))
+    return float((np.hypot(*np.diff(offsets, axis=0).T) / np.array(sides[:-1])).mean())
 
 
 def crop_params(cfg: VideoConfig) -> dict[int, np.ndarray]:
