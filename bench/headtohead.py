@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from distill.evaluate import evaluate_student  # noqa: E402
 from distill.losses import MissingWeightsError, find_vgg_weights  # noqa: E402
-from distill.pairs import resolve_device  # noqa: E402
+from distill.device import resolve_device  # noqa: E402
 from distill.project import CompareConfig, ProjectConfig, compare_files  # noqa: E402
 from runtime.common import console, write_json_atomic  # noqa: E402
 from runtime.engine import Toonifier  # noqa: E402
@@ -122,7 +122,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         out = args.keep or Path(tmp)
-        projection = ProjectConfig(base=args.base, blended=args.blended, images=tuple(photos), out=out,
+        projection = ProjectConfig(base=args.base, blended=args.blended, images=tuple(photos), output=out,
                                    steps=args.steps, vgg=not vgg_note.startswith("none"), vgg_weights=args.vgg_weights,
                                    device=str(device))
         compared = compare_files(CompareConfig(student=args.student, projection=projection))

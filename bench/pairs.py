@@ -28,7 +28,8 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from distill.blend import BlendConfig, blend_files  # noqa: E402
 from distill.checkpoint import save_generator  # noqa: E402
-from distill.pairs import PairsConfig, generate_pairs, resolve_device  # noqa: E402
+from distill.device import resolve_device  # noqa: E402
+from distill.pairs import PairsConfig, generate_pairs  # noqa: E402
 from distill.stylegan2 import Generator  # noqa: E402
 from bench.generator import TEACHER  # noqa: E402
 from runtime.common import write_json_atomic  # noqa: E402
@@ -50,7 +51,7 @@ def make_teachers(res: int, folder: Path) -> tuple[Path, Path]:
 
 def timed_run(base: Path, blended: Path, out: Path, count: int, batch: int, device: str) -> float:
     start = time.perf_counter()
-    generate_pairs(PairsConfig(base=base, blended=blended, out=out, count=count, batch_size=batch, device=device))
+    generate_pairs(PairsConfig(base=base, blended=blended, output=out, count=count, batch_size=batch, device=device))
     return time.perf_counter() - start
 
 

@@ -26,7 +26,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from distill import quantize  # noqa: E402
 from distill.export import ExportConfig, export_form, export_graph, export_student  # noqa: E402
-from distill.runs import save_student  # noqa: E402
+from distill.runs import StudentInfo, save_student  # noqa: E402
 from distill.translator import PRESETS, build_generator, count_flops  # noqa: E402
 from runtime.common import write_json_atomic  # noqa: E402
 from runtime.engine import ModelInfo, Toonifier, physical_cores  # noqa: E402
@@ -97,9 +96,7 @@ def export(preset: str, res: int, tmp: Path) -> Path:
     torch.manual_seed(0)
     cfg = PRESETS[preset]
     student = tmp / f"{preset}.pt"
-    save_student(build_generator(preset), student,
-                 {"student_config": asdict(cfg), "preset": preset, "resolution": res,
-                  "size_multiple": cfg.size_multiple})
+    save_student(build_generator(preset), student, StudentInfo(cfg, preset, res))
     export_student(ExportConfig(student=student, output=tmp / f"{preset}.onnx"))
     return tmp / f"{preset}.onnx"
 

@@ -60,7 +60,7 @@ def random_vgg19(path: Path) -> Path:
 
 def measure(preset: str, vgg_weights: Path | None, steps: int, warmup: int, pairs: Path, out: Path,
             device: str) -> dict:
-    cfg = TrainConfig(pairs=pairs, out=out, preset=preset, res=RES, steps=steps, batch_size=1,
+    cfg = TrainConfig(pairs=pairs, output=out, preset=preset, res=RES, steps=steps, batch_size=1,
                       vgg=vgg_weights is not None, vgg_weights=vgg_weights, workers=0, device=device,
                       log_every=1, sample_every=10 ** 9, checkpoint_every=10 ** 9)
     result = train(cfg)

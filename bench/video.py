@@ -27,7 +27,7 @@ smoothed and the raw crop centre, relative to the crop side (the lag it costs).
 
 Against the truth: on a real clip nobody knows where the face truly is, so the same smoothers
 also run on a clip of a real face photo moved along a known path over a real background, with
-sensor noise and H.264 (tests/runtime/clips.py; --face and --background choose the photos). There
+sensor noise and H.264 (runtime/stability.py; --face and --background choose the photos). There
 the crop's jitter is measured directly: its frame-to-frame change less the face's true step, and
 its mean distance from the face's path. Twice: encoded losslessly, where the path is exactly
 where the face is, and at crf 23, where H.264's motion compensation moves the decoded face off
@@ -55,10 +55,9 @@ from runtime.engine import Toonifier, physical_cores  # noqa: E402
 from runtime.motion import CropSlip  # noqa: E402
 from runtime.tracking import (CropMotion, CropOffset, FaceTracker, GaussianWindow, OneEuroSmoother,  # noqa: E402
                               quad_params)
-from runtime.video import VideoConfig, convert_video, ratio  # noqa: E402
+from runtime.stability import against_truth, codec_drift, moving_face_clip  # noqa: E402
+from runtime.video import VideoConfig, convert_video, crop_track, ratio  # noqa: E402
 from runtime.videoio import VideoReader  # noqa: E402
-
-from tests.runtime.clips import against_truth, codec_drift, crop_params, moving_face_clip  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "photos"
 CLIP = PHOTOS / "short_hamilton_clip.mp4"
@@ -150,7 +149,7 @@ def slip_floor(face_moves: float | None, raw_change: float | None) -> float | No
 
 def known_path(face: Path, background: Path, frames: int, crf: int) -> dict:
     """The video path's crops of a face moving along a known path (H.264 at `crf`), each smoother
-    against the truth (tests/runtime/clips.py: against_truth), and how far the face moves per frame."""
+    against the truth (runtime/stability.py: against_truth), and how far the face moves per frame."""
     ways = {"raw": {"sigma": 0, "guided": False}}
     ways |= {f"gaussian sigma={s:g}": {"sigma": s, "guided": False} for s in (3.0, 6.0)}
     ways |= {f"guided gaussian sigma={s:g}": {"sigma": s} for s in (3.0, 6.0, 10.0)}
@@ -158,7 +157,7 @@ def known_path(face: Path, background: Path, frames: int, crf: int) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "moving.mp4"
         truth = moving_face_clip(path, face, background, frames=frames, crf=crf)
-        crops = {name: crop_params(VideoConfig(path, path, path, **kw)) for name, kw in ways.items()}
+        crops = {name: crop_track(VideoConfig(path, path, path, **kw)) for name, kw in ways.items()}
         measured = {name: against_truth(c, truth) for name, c in crops.items()}
         drift = codec_drift(path, face, background, truth, crops["raw"])
     raw = measured.pop("raw")

@@ -21,19 +21,18 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Optional
 
 import torch
 
-from distill.checkpoint import file_sha256, load_generator, save_generator
-from distill.stylegan2 import Generator
-from runtime.common import ToonifyError, console
+from distill.checkpoint import file_sha256, load_generator, save_generator, state_dict_difference
+from distill.stylegan2 import Generator, architecture_difference
+from runtime.common import ToonifyError, UsageError, console, jsonable, note
+from runtime.options import setting
 
 _BLOCK_KEY = re.compile(r"^synthesis\.b(\d+)\.")
-# Settings a blend needs to agree on beyond tensor shapes (same shapes, other meaning).
-_ARCHITECTURE = ("img_resolution", "img_channels", "z_dim", "c_dim", "w_dim", "num_ws")
 
 
 class BlendError(ToonifyError):
@@ -42,10 +41,14 @@ class BlendError(ToonifyError):
 
 @dataclass(frozen=True)
 class BlendConfig:
-    swap_res: int = 32                        # blocks at resolution <= swap_res come from the toon model
-    width: float | None = None                # logistic width in blocks; None = hard swap
-    weights: tuple[float, ...] | None = None  # explicit base share per block, b4 first; replaces swap_res
-    mapping_from: str = "base"                # 'base' | 'toon': mapping, w_avg and noise constants
+    swap_res: int = setting(32, "Blocks at this resolution and below come from the toon model.")
+    width: float | None = setting(None, "Smooth swap: logistic ramp of this width, in blocks, around swap-res "
+                                        "(default: hard swap).")
+    weights: tuple[float, ...] | None = setting(
+        None, "Explicit base share per block, b4 first, e.g. 0,0,0,0.5,1,1 (replaces --swap-res).",
+        cli=Optional[str], parse=lambda text: None if text is None else parse_block_weights(text))
+    mapping_from: str = setting("base", "Mapping network, w_avg and noise constants from 'base' (keeps pairs "
+                                        "aligned) or 'toon'.", flags=("--mapping",))
 
     def __post_init__(self):
         if self.swap_res < 1 or self.swap_res & (self.swap_res - 1):
@@ -122,19 +125,10 @@ def layer_weights(keys: list[str], cfg: BlendConfig) -> dict[str, float]:
 def check_same_architecture(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
                             names: tuple[str, str] = ("base", "toon")) -> None:
     """Raise BlendError naming the first key or shape on which two state_dicts differ."""
-    def differ(what: str) -> BlendError:
-        return BlendError(f"the models differ in architecture: {what}",
-                          hint="blend a fine-tune with the model it was fine-tuned from")
-
-    for key, t in a.items():
-        if key not in b:
-            raise differ(f"{key} is in the {names[0]} model but not in the {names[1]} model")
-        if tuple(t.shape) != tuple(b[key].shape):
-            raise differ(f"{key} has shape {tuple(t.shape)} in the {names[0]} model and "
-                         f"{tuple(b[key].shape)} in the {names[1]} model")
-    for key in b:
-        if key not in a:
-            raise differ(f"{key} is in the {names[1]} model but not in the {names[0]} model")
+    why = state_dict_difference(a, b, (f"the {names[0]} model", f"the {names[1]} model"))
+    if why is not None:
+        raise BlendError(f"the models differ in architecture: {why}",
+                         hint="blend a fine-tune with the model it was fine-tuned from")
 
 
 def blend_state_dicts(texture: Mapping[str, torch.Tensor], structure: Mapping[str, torch.Tensor],
@@ -165,17 +159,16 @@ def blend_generators(base: Generator, toon: Generator, cfg: BlendConfig) -> Gene
     Both must share the architecture (keys, shapes, z_dim, w_dim, num_ws, resolution); other
     construction settings (conv_clamp, fp16 layers) are taken from the base model.
     """
-    for name in _ARCHITECTURE:
-        if getattr(base, name, None) != getattr(toon, name, None):
-            raise BlendError(f"the models differ in architecture: {name} is {getattr(base, name, None)} "
-                             f"in the base model and {getattr(toon, name, None)} in the toon model",
-                             hint="blend a fine-tune with the model it was fine-tuned from")
+    why = architecture_difference(base, toon, names=("the base model", "the toon model"))
+    if why is not None:
+        raise BlendError(f"the models differ in architecture: {why}",
+                         hint="blend a fine-tune with the model it was fine-tuned from")
     texture, structure = base.state_dict(), toon.state_dict()
     check_same_architecture(texture, structure, ("base", "toon"))
     differing = sorted(k for k in set(base.init_kwargs) | set(toon.init_kwargs)
                        if base.init_kwargs.get(k) != toon.init_kwargs.get(k))
     if differing:
-        console.print(f"note: the models' settings differ in {', '.join(differing)}; the blend uses the base model's")
+        note(f"the models' settings differ in {', '.join(differing)}; the blend uses the base model's")
     blended = blend_state_dicts(texture, structure, layer_weights(list(texture), cfg))
     G = Generator(**base.init_kwargs)
     G.load_state_dict(blended)
@@ -187,7 +180,7 @@ def blend_files(base_path: str | Path, toon_path: str | Path, cfg: BlendConfig, 
     with provenance in its metadata: both sources' names and sha256, the config and per-block weights."""
     out_path = Path(out_path)
     if out_path.suffix != ".safetensors":
-        raise BlendError("the blended model is written as .safetensors", path=out_path,
+        raise UsageError("the blended model is written as .safetensors", path=out_path,
                          hint=f"use -o {out_path.with_suffix('.safetensors').name}")
     base, toon = load_generator(base_path), load_generator(toon_path)
     G = blend_generators(base, toon, cfg)
@@ -195,7 +188,7 @@ def blend_files(base_path: str | Path, toon_path: str | Path, cfg: BlendConfig, 
     provenance = {"blend": {
         "base": {"file": Path(base_path).name, "sha256": file_sha256(base_path)},
         "toon": {"file": Path(toon_path).name, "sha256": file_sha256(toon_path)},
-        "config": asdict(cfg),
+        "config": jsonable(cfg),
         "block_weights": {f"b{r}": y for r, y in weights.items()},
     }}
     save_generator(G, out_path, metadata=provenance)

@@ -3,7 +3,7 @@ same geometric augmentation on both and photometric degradation on the real phot
 
     ds = PairedDataset("pairs/", res=256)           # ds[i] -> (real, toon), each [3, 256, 256] in [-1, 1]
 
-A pair folder holds real/STEM.png and toon/STEM.png (or .jpg, .jpeg, .webp); the same stem is
+A pair folder holds real/STEM.png and toon/STEM.png (or any runtime.images.IMAGE_SUFFIXES); the same stem is
 the same pair (distill/pairs.py writes them; manifest.jsonl is not needed). Unreadable or
 unmatched files are reported and skipped. Item i of epoch e depends only on (seed, e, i), so
 workers, resuming and DDP sharding never change what the student sees.
@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from runtime.common import ToonifyError, console, progress
-from runtime.images import ImageError, hwc_to_nchw, read_image
+from runtime.common import ToonifyError, console, note, progress
+from runtime.images import ImageError, hwc_to_nchw, list_images, read_image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _SHOWN = 10  # problems listed by name before the rest are only counted
 
 
@@ -33,10 +32,8 @@ class PairFolderError(ToonifyError):
 def _images(folder: Path) -> dict[str, list[Path]]:
     """stem -> image files with that stem (more than one is ambiguous: 000001.png and 000001.jpg)."""
     by_stem: dict[str, list[Path]] = {}
-    for path in sorted(folder.iterdir()):
-        # Dot files are atomic_path's unfinished writes (.000123.partial-x.png) of a running pairs job.
-        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".") and path.is_file():
-            by_stem.setdefault(path.stem, []).append(path)
+    for path in list_images(folder)[0]:     # not atomic_path's unfinished writes of a running pairs job
+        by_stem.setdefault(path.stem, []).append(path)
     return by_stem
 
 
@@ -61,7 +58,7 @@ def _unreadable(path: Path) -> str | None:
 def _warn(problems: list[str], what: str) -> None:
     if not problems:
         return
-    console.print(f"[yellow]warning:[/yellow] {len(problems)} {what}, skipped:", markup=True)
+    note(f"{len(problems)} {what}, skipped:", "warning")
     for line in problems[:_SHOWN]:
         console.print(f"  {line}", markup=False)
     if len(problems) > _SHOWN:

@@ -1,6 +1,6 @@
 """The whole pipeline on a tiny demo teacher, then `toonify-fast` on a photo: what `make demo` runs.
 
-    toonify-fast distill demo --out demo --model exports/demo.onnx
+    toonify-fast distill demo -o demo --model exports/demo.onnx
 
 The demo teacher is a randomly initialised StyleGAN2 at 64 px and its "toon" fine-tune is a
 perturbed copy: no pretrained weights exist on a fresh machine, and none are downloaded. It proves
@@ -20,13 +20,14 @@ from distill.blend import BlendConfig, blend_files
 from distill.checkpoint import save_generator
 from distill.evaluate import evaluate_student
 from distill.export import ExportConfig, bundled_portrait, export_student
-from distill.pairs import PairsConfig, generate_pairs, write_sample_grid
+from distill.pairs import PairsConfig, SampleConfig, generate_pairs, write_sample_grid
 from distill.stylegan2 import Generator
 from distill.runs import load_student
 from distill.train import TrainConfig, train
-from runtime.common import console, write_json_atomic
+from runtime.common import ToonifyError, console, write_json_atomic
 from runtime.engine import Toonifier
-from runtime.images import read_image, resize, write_image
+from runtime.images import image_grid, read_image, resize, write_image
+from runtime.options import setting
 from runtime.photos import ConvertConfig, convert_photos
 
 DEMO_NOTE = "untrained demo teacher (random StyleGAN2 weights): proves the pipeline, not the look"
@@ -34,14 +35,16 @@ DEMO_NOTE = "untrained demo teacher (random StyleGAN2 weights): proves the pipel
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out: Path = Path("demo")                  # every intermediate file, and the contact sheet
-    model: Path = Path("exports/demo.onnx")   # the exported student
-    image: Path | None = None                 # the photo to convert (default: a bundled portrait)
-    res: int = 64
-    pairs: int = 384
-    val_pairs: int = 16
-    steps: int = 600
-    seed: int = 0
+    output: Path = setting(Path("demo"), "Folder for the demo's teachers, pairs, run and contact sheet.",
+                           flags=("-o", "--output", "--out"))
+    model: Path = setting(Path("exports/demo.onnx"), "Where to export the demo student.")
+    image: Path | None = setting(None, "A photo to convert at the end (default: a public-domain portrait bundled "
+                                       "with scikit-image).")
+    res: int = setting(64, cli=False)           # the demo teacher's resolution
+    pairs: int = setting(384, "Training pairs to render.")
+    val_pairs: int = setting(16, cli=False)     # held-out pairs: evaluation and the contact sheet
+    steps: int = setting(600, "Training steps of the student.")
+    seed: int = setting(0, cli=False)
 
 
 def demo_teachers(res: int, seed: int) -> tuple[Generator, Generator]:
@@ -69,10 +72,6 @@ def demo_teachers(res: int, seed: int) -> tuple[Generator, Generator]:
     return base.eval(), toon.eval()
 
 
-def _tiles(images: list[np.ndarray], size: int) -> np.ndarray:
-    return np.concatenate([resize(i, size, size) for i in images], axis=1)
-
-
 def contact_sheet(val_dir: Path, model: Path, photo: Path, converted: Path, dest: Path, n: int = 6) -> Path:
     """Rows: teacher real | teacher toon | student on the real, for n held-out pairs; then the photo
     and its conversion side by side."""
@@ -80,8 +79,7 @@ def contact_sheet(val_dir: Path, model: Path, photo: Path, converted: Path, dest
     real = [read_image(val_dir / "real" / name)[0] for name in names]
     toon = [read_image(val_dir / "toon" / name)[0] for name in names]
     student = list(Toonifier(model, provider="cpu").run(np.stack(real)))
-    tile = 128
-    grid = np.concatenate([_tiles(real, tile), _tiles(toon, tile), _tiles(student, tile)], axis=0)
+    grid = image_grid([real, toon, student], tile=128)
     width = grid.shape[1]
     before, after = read_image(photo)[0], read_image(converted)[0]
     h = round(before.shape[0] * (width / 2) / before.shape[1])
@@ -91,8 +89,8 @@ def contact_sheet(val_dir: Path, model: Path, photo: Path, converted: Path, dest
 
 
 def run_demo(cfg: DemoConfig) -> dict:
-    """Run every stage into cfg.out; returns {stage: path} and writes it to cfg.out/demo.json."""
-    start, out = time.perf_counter(), cfg.out
+    """Run every stage into cfg.output; returns {stage: path} and writes it to cfg.output/demo.json."""
+    start, out = time.perf_counter(), cfg.output
     console.print(f"[bold]toonify-fast demo[/bold]: {DEMO_NOTE}")
     base, toon = demo_teachers(cfg.res, cfg.seed)
     paths = {"base": out / "teacher" / "base.safetensors", "toon": out / "teacher" / "toon.safetensors",
@@ -103,14 +101,15 @@ def run_demo(cfg: DemoConfig) -> dict:
 
     console.print("1/6 blend: low resolutions (<= 16 px) from the toon model, the rest from the base")
     blend_files(paths["base"], paths["toon"], BlendConfig(swap_res=16), paths["blended"])
-    write_sample_grid([paths["base"], paths["toon"], paths["blended"]], list(range(8)), 0.7, paths["grid"], "cpu")
+    write_sample_grid(SampleConfig(networks=(paths["base"], paths["toon"], paths["blended"]), output=paths["grid"],
+                                   device="cpu"))
 
     console.print(f"2/6 pairs: {cfg.pairs} training + {cfg.val_pairs} held-out at {cfg.res} px")
-    generate_pairs(PairsConfig(base=paths["base"], blended=paths["blended"], out=paths["pairs"], count=cfg.pairs,
+    generate_pairs(PairsConfig(base=paths["base"], blended=paths["blended"], output=paths["pairs"], count=cfg.pairs,
                                seed=cfg.seed, val_count=cfg.val_pairs, device="cpu"))
 
     console.print(f"3/6 train: the lite student for {cfg.steps} steps (no VGG weights in the demo: GAN + L1)")
-    result = train(TrainConfig(pairs=paths["pairs"], out=out / "runs", preset="lite", res=cfg.res, steps=cfg.steps,
+    result = train(TrainConfig(pairs=paths["pairs"], output=out / "runs", preset="lite", res=cfg.res, steps=cfg.steps,
                                batch_size=4, vgg=False, l1_weight=10.0, ndf=32, num_d=1, seed=cfg.seed,
                                workers=0, device="cpu",
                                sample_every=max(cfg.steps // 2, 1), checkpoint_every=cfg.steps))
@@ -130,7 +129,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     summary = convert_photos(ConvertConfig(inputs=(str(photo),), output=paths["converted"], model=cfg.model,
                                            provider="cpu", max_faces=1))
     if summary.failed:
-        raise RuntimeError(f"the demo could not convert {photo}: see the message above")
+        raise ToonifyError("the demo could not convert it: see the message above", photo,
+                           hint="pass another photo with --image PHOTO")
     paths["contact_sheet"] = contact_sheet(paths["pairs"] / "val", cfg.model, photo, paths["converted"],
                                            out / "contact_sheet.png")
     paths["run"] = result.run_dir

@@ -11,21 +11,33 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from distill.data import PairedDataset
-from distill.pairs import resolve_device
+from distill.device import device_setting, resolve_device
 from distill.runs import load_student
-from runtime.common import console, progress
+from runtime.common import UsageError, console, progress, write_json_atomic
 from runtime.images import nchw_to_hwc
+from runtime.options import setting
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
 LPIPS_ALEXNET = "alexnet-owt-7be5be79.pth"   # torchvision's file name for the backbone LPIPS uses
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    student: Path = setting(help="Student weights from `distill train` (RUN/student-ema.pt).")
+    pairs: Path = setting(help="Held-out pair folder (e.g. pairs/val).")
+    output: Path | None = setting(None, "Write the JSON report here (default: print it to stdout).")
+    res: int | None = setting(None, "Evaluation resolution (default: the student's training one).")
+    device: str = device_setting()
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -87,9 +99,13 @@ def lpips_model(device: torch.device):
     return lpips.LPIPS(net="alex", verbose=False).to(device).eval(), None
 
 
-def _to_unit(x: torch.Tensor) -> torch.Tensor:
-    """[N, 3, H, W] in [-1, 1] -> the uint8 image a user gets, as float64 in [0, 1]."""
-    return torch.from_numpy(nchw_to_hwc(x.float().cpu().numpy())).permute(0, 3, 1, 2).double() / 255
+def unit(x: torch.Tensor | np.ndarray, rounded: bool = False) -> torch.Tensor:
+    """[N, 3, H, W] in [-1, 1] (a tensor or an array) -> float64 in [0, 1], the range the scores
+    take; rounded: first to the uint8 image a user gets (runtime.images.nchw_to_hwc)."""
+    if rounded:
+        x = x.float().cpu().numpy() if torch.is_tensor(x) else x
+        return torch.from_numpy(nchw_to_hwc(x)).permute(0, 3, 1, 2).double() / 255
+    return ((x if torch.is_tensor(x) else torch.from_numpy(np.asarray(x))).double() + 1) / 2
 
 
 @torch.no_grad()
@@ -110,9 +126,9 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
         task = bar.add_task("evaluating", total=len(dataset))
         for real, toon in loader:
             out = model(real.to(device))
-            target = _to_unit(toon)
+            target = unit(toon, rounded=True)
             for name, guess in (("student", out), ("identity", real)):
-                guess = _to_unit(guess)
+                guess = unit(guess, rounded=True)
                 scores[name]["psnr"].append(psnr(guess, target))
                 scores[name]["ssim"].append(ssim(guess, target))
                 if lpips_net is not None:
@@ -127,16 +143,20 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
     return report
 
 
-def evaluate_file(student: str | os.PathLike, pairs_dir: str | os.PathLike, res: int | None = None,
-                  device: str = "auto") -> dict:
-    """Load a student file (distill.runs.load_student) and evaluate it; res defaults to its training size."""
-    model, meta = load_student(student)
-    report = evaluate_student(model, pairs_dir, res or int(meta["resolution"]), device=resolve_device(device))
-    report.update(student_file=str(student), step=meta.get("step"), preset=meta.get("preset"))
+def evaluate_file(cfg: EvalConfig) -> dict:
+    """Load a student file (distill.runs.load_student), evaluate it (res defaults to its training
+    size) and write the report to cfg.output when set; returns the report."""
+    if cfg.output is not None and cfg.output.resolve() == cfg.student.resolve():
+        raise UsageError("the report would overwrite the student", cfg.output, hint="choose another -o")
+    model, info = load_student(cfg.student)
+    report = evaluate_student(model, cfg.pairs, cfg.res or info.resolution, device=resolve_device(cfg.device))
+    report.update(student_file=str(cfg.student), step=info.step, preset=info.preset)
     for name in ("student", "identity"):
         scores = report[name]
         console.print(f"{name:>8}: PSNR {scores['psnr']:6.2f} dB   SSIM {scores['ssim']:.4f}"
                       + (f"   LPIPS {scores['lpips']:.4f}" if "lpips" in scores else ""))
     if not report["lpips"]["computed"]:
         console.print(f"LPIPS skipped: {report['lpips']['reason']}")
+    if cfg.output is not None:
+        write_json_atomic(cfg.output, report)
     return report

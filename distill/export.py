@@ -1,6 +1,6 @@
 """Export a trained student to a self-describing ONNX model, and optionally a Triton model repository.
 
-    toonify-fast distill export --student runs/00000-lite-256/student.pt -o exports/toonify.onnx --triton exports/triton
+    toonify-fast distill export --student runs/00000-lite-256/student-ema.pt -o exports/toonify.onnx --triton exports/triton
 
 The exported graph takes and returns [N, 3, H, W] float32 in [-1, 1] with dynamic N, H and W
 (multiples of the architecture's size multiple). Everything the runtime needs travels in the
@@ -28,8 +28,9 @@ import torch.nn.functional as F
 import runtime
 from distill import quantize
 from distill.runs import load_student
-from runtime.common import ToonifyError, console, write_bytes_atomic
+from runtime.common import ToonifyError, UsageError, console, note, write_bytes_atomic
 from runtime.engine import ModelInfo
+from runtime.options import setting
 
 # Parity limits between ONNX Runtime and PyTorch, on outputs in [-1, 1].
 TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
@@ -37,16 +38,23 @@ TOLERANCE = {"fp32": 1e-4, "fp16": 2e-2}
 
 @dataclass(frozen=True)
 class ExportConfig:
-    student: Path                          # student weights written by `distill train` (student.pt)
-    output: Path                           # the .onnx file to write
-    fp16: bool = False                     # fp16 weights and arithmetic, float32 inputs and outputs
-    int8: bool = False                     # static int8 (QDQ) for CPUs, float32 inputs and outputs
-    calibration: tuple[Path, ...] = ()     # int8: images, image folders or pair folders to calibrate on
-    opset: int = 17
-    triton: Path | None = None             # write a Triton model repository here too
-    triton_name: str | None = None         # model name in that repository (default: the output's stem)
-    max_batch_size: int = 8                # Triton's max_batch_size
-    parity_images: tuple[Path, ...] = ()   # real photos for the parity check (default: a bundled portrait)
+    student: Path = setting(help="Student weights from `distill train` (RUN/student-ema.pt, or student.pt).")
+    output: Path = setting(help="The ONNX model to write, e.g. exports/toonify.onnx.")
+    fp16: bool = setting(False, "float16 weights and arithmetic (float32 inputs and outputs); for GPUs.")
+    int8: bool = setting(False, "Static int8 (float32 inputs and outputs) for CPUs: about 2x the float32 speed where "
+                                "the CPU has VNNI. Needs --calibration; refused when its PSNR against float32 falls "
+                                "below 30 dB.")
+    calibration: tuple[Path, ...] = setting(
+        (), "int8: images to calibrate on, repeatable: files, folders, or the pair folder the student was trained on "
+            "(its real/ side). Every 5th is held out to check quality.")
+    opset: int = setting(17, "ONNX opset version.")
+    triton: Path | None = setting(None, "Also write a Triton Inference Server model repository here "
+                                        "(NAME/config.pbtxt, NAME/1/model.onnx).")
+    triton_name: str | None = setting(None, cli=False)   # model name in that repository (default: the output's stem)
+    max_batch_size: int = setting(8, "Triton's max_batch_size for dynamic batching.")
+    parity_images: tuple[Path, ...] = setting(
+        (), "A real photo for the ONNX Runtime vs PyTorch parity check; repeatable (default: a bundled portrait).",
+        flags=("--parity-image",))
 
 
 class ExportError(ToonifyError):
@@ -269,7 +277,7 @@ def _checked(graph: onnx.ModelProto) -> bytes:
     return graph.SerializeToString()
 
 
-def _parity_checked(graph: onnx.ModelProto, model: torch.nn.Module, inputs: dict[str, np.ndarray],
+def parity_checked(graph: onnx.ModelProto, model: torch.nn.Module, inputs: dict[str, np.ndarray],
                     tolerance: float) -> tuple[bytes, dict[str, float], int]:
     """The graph as bytes, its parity per input, and how many norms had to be exported stable:
     none if parity holds, else the first two (the stem, where activations are still image-like),
@@ -282,26 +290,24 @@ def _parity_checked(graph: onnx.ModelProto, model: torch.nn.Module, inputs: dict
         except ExportError as e:
             if count == norms:
                 raise
-            console.print(f"[yellow]note:[/yellow] {e.reason}; exporting {'the first 2' if count == 0 else 'all'} "
-                          "instance norms in ONNX Runtime's exact (slower) form", markup=True)
+            note(f"{e.reason}; exporting {'the first 2' if count == 0 else 'all'} instance norms in ONNX Runtime's "
+                 "exact (slower) form")
 
 
 def export_student(cfg: ExportConfig) -> dict:
     """Export, check and write the student described by `cfg`; returns a report (paths, parity per input)."""
     if cfg.output.suffix != ".onnx":
-        raise ExportError("the output must end in .onnx", path=cfg.output, exit_code=2)
+        raise UsageError("the output must end in .onnx", path=cfg.output)
     if cfg.fp16 and cfg.int8:
-        raise ExportError("--fp16 and --int8 exclude each other", exit_code=2)
-    model, meta = load_student(cfg.student)
+        raise UsageError("--fp16 and --int8 exclude each other")
+    model, student = load_student(cfg.student)
     model = model.eval().float()
-    res, multiple = int(meta["resolution"]), int(meta["size_multiple"])
+    res, multiple = student.resolution, student.size_multiple
     precision = "fp16" if cfg.fp16 else "int8" if cfg.int8 else "fp32"
     calibration, held_out = quantize.split(quantize.calibration_images(cfg.calibration)) if cfg.int8 else ([], [])
     info = ModelInfo(
-        input_name="input", output_name="output", resolution=res, size_multiple=multiple,
-        alignment=meta.get("alignment", "ffhq"), preset=str(meta.get("preset", "custom")),
-        teacher_base_sha256=meta.get("teacher_base_sha256", ""),
-        teacher_blended_sha256=meta.get("teacher_blended_sha256", ""),
+        input_name="input", output_name="output", resolution=res, size_multiple=multiple, preset=student.preset,
+        teacher_base_sha256=student.teacher_base_sha256, teacher_blended_sha256=student.teacher_blended_sha256,
         exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         toonify_fast_version=runtime.__version__, precision=precision)
 
@@ -329,7 +335,7 @@ def export_student(cfg: ExportConfig) -> dict:
             console.print(f"int8 {name}: PSNR {score:.1f} dB against float32 (limit {quantize.MIN_PSNR:.0f} dB)")
         quantize.check_quality(report["psnr"])
     else:
-        data, report["parity"], report["stable_norms"] = _parity_checked(graph, model, inputs, TOLERANCE[precision])
+        data, report["parity"], report["stable_norms"] = parity_checked(graph, model, inputs, TOLERANCE[precision])
         for name, diff in report["parity"].items():
             console.print(f"parity {precision} {name}: max abs diff {diff:.2e} (limit {TOLERANCE[precision]:.0e})")
     report["bytes"] = len(data)

@@ -1,7 +1,7 @@
 """The student's losses (pix2pixHD): GAN (LSGAN or hinge) over a multiscale discriminator,
 discriminator feature matching, and VGG perceptual L1 from locally stored VGG weights.
 
-    vgg = PerceptualLoss(find_vgg_weights("vgg19", args.vgg_weights))   # MissingWeightsError if none
+    vgg = PerceptualLoss(vgg_features("vgg19", weights_path))   # MissingWeightsError if none is found
     g_loss, parts = generator_loss(D, real, fake, toon, vgg)
 
 VGG weights are never downloaded and never random: pass torchvision's state dict file
@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from distill.checkpoint import state_dict_difference
 from distill.safe_pickle import refused_name
 from runtime.common import ToonifyError
 
@@ -178,16 +179,10 @@ class VGGFeatures(nn.Module):
                 channels = item
         self.features = nn.Sequential(*layers[:max(self.taps) + 1])
         expected = self.features.state_dict()
-        # Key by key, in layer order, so the error names the first layer that does not fit.
-        for key, want in expected.items():
-            got = state.get(f"features.{key}")
-            if got is None:
-                raise WeightsFileError(f"missing key features.{key} for {arch}", path,
-                                       hint=f"expected torchvision's {arch} state dict ({VGG_FILES[arch]})")
-            if got.shape != want.shape:
-                raise WeightsFileError(f"features.{key} has shape {list(got.shape)}, {arch} expects "
-                                       f"{list(want.shape)}", path,
-                                       hint=f"expected torchvision's {arch} state dict ({VGG_FILES[arch]})")
+        files = {key.removeprefix("features."): t for key, t in state.items() if key.startswith("features.")}
+        why = state_dict_difference(expected, files, (arch, "the file"), extra=False)
+        if why is not None:
+            raise WeightsFileError(f"features.{why}", path, hint=f"expected torchvision's {arch} state dict ({VGG_FILES[arch]})")
         self.features.load_state_dict({key: state[f"features.{key}"].float() for key in expected})
         self.requires_grad_(False)
         self.eval()

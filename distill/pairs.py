@@ -32,15 +32,17 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import numpy as np
 import torch
 
 from distill.checkpoint import file_sha256, load_generator, read_metadata
-from distill.stylegan2 import Generator
-from runtime.common import ToonifyError, atomic_path, console, progress, write_bytes_atomic, write_json_atomic
-from runtime.images import nchw_to_hwc, resize, write_image
+from distill.device import device_setting, resolve_device
+from distill.stylegan2 import LATENT_SPACE, Generator, architecture_difference
+from runtime.common import ToonifyError, UsageError, atomic_path, console, note, progress, write_bytes_atomic, write_json_atomic
+from runtime.images import image_grid, nchw_to_hwc, resize, write_image
+from runtime.options import setting
 
 # Settings a pair set is made with: a rerun into the same folder must repeat every one of them.
 SET_KEYS = ("base_sha256", "blended_sha256", "count", "val_count", "res", "psi", "seed", "noise", "format",
@@ -52,24 +54,30 @@ class PairsError(ToonifyError):
     """A pair set that cannot be made or resumed as asked."""
 
 
+def psi_setting():
+    """Truncation, the same for sample grids and pairs (so a grid previews the pairs)."""
+    return setting(0.7, "Truncation towards the first (base) network's average w.")
+
+
 @dataclass(frozen=True)
 class PairsConfig:
-    base: Path                       # the base (FFHQ) teacher: the 'real' images and the mapping network
-    blended: Path                    # the blended teacher: the 'toon' images
-    out: Path
-    count: int                       # training pairs: indices 0 .. count-1
-    res: int | None = None           # side of the written images; None = the teachers' resolution
-    psi: float = 0.7                 # truncation towards the base w_avg, all layers
-    seed: int = 0
-    noise: str = "const"             # const | random (drawn from (seed, i), the same for both) | none
-    format: str = "png"              # png | jpg (quality 95)
-    batch_size: int = 8              # pairs per forward pass on CUDA
-    shard: tuple[int, int] = (0, 1)  # (k, n): this process makes the indices i % n == k
-    device: str = "auto"
-    fp16: bool = False               # autocast to float16 (CUDA only)
-    val_count: int = 0               # held-out pairs in OUT/val: indices count .. count+val_count-1
-    save_latents: bool = False
-    style_mixing: float = 0.0        # probability that a pair's w+ switches to a second latent at a random layer
+    base: Path = setting(help="Base (FFHQ) checkpoint: the real images and the mapping network.")
+    blended: Path = setting(help="Blended checkpoint from `distill blend`: the toon images.")
+    output: Path = setting(help="Folder of the pair set (made or completed).")
+    count: int = setting(help="Number of training pairs (indices 0 .. count-1).")
+    res: int | None = setting(None, "Side of the written images, Lanczos-resized (default: the teachers' resolution).")
+    psi: float = psi_setting()
+    seed: int = setting(0, "Seed of the set: pair i depends on (seed, i) only.")
+    noise: str = setting("const", "const (stored noise), random (drawn per pair, the same for both teachers) or none.")
+    format: str = setting("png", "png, or jpg (quality 95).")
+    batch_size: int = setting(8, "Pairs per forward pass on CUDA (CPU runs one at a time).")
+    shard: tuple[int, int] = setting((0, 1), "Make only the indices i % n == k of the set, as k/n (default: "
+                                             "torchrun's RANK/WORLD_SIZE).", cli=Optional[str], parse=lambda t: resolve_shard(t))
+    device: str = device_setting()
+    fp16: bool = setting(False, "Run the teachers in float16 (CUDA only).")
+    val_count: int = setting(0, "Held-out pairs written to OUTPUT/val (indices after the training ones).")
+    save_latents: bool = setting(False, "Also save each pair's w+ as latents/INDEX.npy.")
+    style_mixing: float = setting(0.0, "Probability that a pair's w+ switches to a second latent at a random layer.")
 
     def __post_init__(self):
         k, n = self.shard
@@ -89,6 +97,17 @@ class PairsConfig:
 
 
 @dataclass(frozen=True)
+class SampleConfig:
+    networks: tuple[Path, ...] = setting(help="A generator checkpoint, one grid row; repeat for more rows. w comes "
+                                              "from the first one's mapping.", flags=("--network",))
+    output: Path = setting(help="The grid to write (.png).")
+    seeds: tuple[int, ...] = setting((0, 1, 2, 3, 4, 5, 6, 7), "One column per seed: 0-7, 1,5,9 or 0-3,10.",
+                                     cli=str, shown=lambda s: format_seeds(s), parse=lambda t: tuple(parse_seeds(t)))
+    psi: float = psi_setting()
+    device: str = device_setting()
+
+
+@dataclass(frozen=True)
 class PairsSummary:
     made: int
     skipped: int                     # already present from an earlier run
@@ -99,22 +118,6 @@ class PairsSummary:
         return self.made / self.seconds if self.seconds > 0 else 0.0
 
 
-def resolve_device(spec: str) -> torch.device:
-    """'auto' -> cuda (cuda:LOCAL_RANK under torchrun) when available, else cpu; or the device named."""
-    if spec == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ToonifyError(f"unknown device {spec!r}", hint="use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ToonifyError(f"device {spec} asked for, but no CUDA device is available",
-                           hint="use --device auto or cpu")
-    return device
-
-
 def resolve_shard(text: str | None, env: dict | None = None) -> tuple[int, int]:
     """'k/n' -> (k, n); without it torchrun's (RANK, WORLD_SIZE), else (0, 1)."""
     env = os.environ if env is None else env
@@ -122,11 +125,11 @@ def resolve_shard(text: str | None, env: dict | None = None) -> tuple[int, int]:
     if text is None:
         return rank, world
     if world > 1:
-        raise PairsError(f"--shard {text} given inside a torchrun job (WORLD_SIZE={world}): both split the work",
+        raise UsageError(f"--shard {text} given inside a torchrun job (WORLD_SIZE={world}): both split the work",
                          hint="use --shard or torchrun, not both")
     m = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
     if not m or not int(m.group(1)) < int(m.group(2)):
-        raise PairsError(f"cannot read shard {text!r}", hint="write k/n with 0 <= k < n, e.g. --shard 0/4")
+        raise UsageError(f"cannot read shard {text!r}", hint="write k/n with 0 <= k < n, e.g. --shard 0/4")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -136,10 +139,18 @@ def parse_seeds(text: str) -> list[int]:
     for part in text.split(","):
         m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
         if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise ToonifyError(f"cannot read seeds {text!r} (at {part.strip()!r})",
-                               hint="write ranges and lists of non-negative integers: 0-7, 1,5,9 or 0-3,10")
+            raise UsageError(f"cannot read seeds {text!r} (at {part.strip()!r})",
+                             hint="write ranges and lists of non-negative integers: 0-7, 1,5,9 or 0-3,10")
         seeds += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
     return seeds
+
+
+def format_seeds(seeds: tuple[int, ...] | list[int]) -> str:
+    """The inverse of parse_seeds for a run of consecutive seeds ('0-7'), else a list ('1,5,9')."""
+    seeds = list(seeds)
+    if seeds and seeds == list(range(seeds[0], seeds[-1] + 1)) and len(seeds) > 2:
+        return f"{seeds[0]}-{seeds[-1]}"
+    return ",".join(map(str, seeds))
 
 
 def seed_latents(seeds: list[int], z_dim: int) -> torch.Tensor:
@@ -197,13 +208,10 @@ def map_latents(G: Generator, z: torch.Tensor, psi: float) -> torch.Tensor:
 
 
 def _check_same_latent_space(networks: list[Generator], names: list[str]) -> None:
-    first = networks[0]
     for G, name in zip(networks[1:], names[1:]):
-        for attr in ("num_ws", "w_dim", "img_resolution"):
-            if getattr(G, attr) != getattr(first, attr):
-                raise PairsError(f"{attr} is {getattr(G, attr)} here and {getattr(first, attr)} in {names[0]}: "
-                                 "the same w+ cannot drive both", path=name,
-                                 hint="use networks of one architecture (a base and its blends or fine-tunes)")
+        if (why := architecture_difference(networks[0], G, LATENT_SPACE, (names[0], name))) is not None:
+            raise PairsError(f"{why}: the same w+ cannot drive both",
+                             hint="use networks of one architecture (a base and its blends or fine-tunes)")
 
 
 def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device: torch.device) -> np.ndarray:
@@ -214,22 +222,20 @@ def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device:
     (and noise constants, which a blend takes from its base).
     """
     ws = map_latents(networks[0], seed_latents(seeds, networks[0].z_dim).to(device), psi)
-    rows = [nchw_to_hwc(synthesize(G, ws).cpu().numpy()) for G in networks]    # each [cols, R, R, 3]
-    return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    return image_grid([list(nchw_to_hwc(synthesize(G, ws).cpu().numpy())) for G in networks])
 
 
-def write_sample_grid(paths: list[Path], seeds: list[int], psi: float, out: Path, device: str = "auto") -> Path:
+def write_sample_grid(cfg: SampleConfig) -> Path:
     """Load each network, render the grid (see sample_grid) and write it as a PNG, atomically."""
-    out = Path(out)
+    out = Path(cfg.output)
     if out.suffix.lower() != ".png":
-        raise ToonifyError("the sample grid is written as PNG", path=out,
-                           hint=f"use -o {out.with_suffix('.png').name}")
-    dev = resolve_device(device)
-    networks = [load_generator(p, device=dev) for p in paths]
-    _check_same_latent_space(networks, [str(p) for p in paths])
-    grid = sample_grid(networks, seeds, psi, dev)
+        raise UsageError("the sample grid is written as PNG", path=out, hint=f"use -o {out.with_suffix('.png').name}")
+    dev = resolve_device(cfg.device)
+    networks = [load_generator(p, device=dev) for p in cfg.networks]
+    _check_same_latent_space(networks, [str(p) for p in cfg.networks])
+    grid = sample_grid(networks, list(cfg.seeds), cfg.psi, dev)
     write_image(out, grid)
-    console.print(f"{len(paths)} x {len(seeds)} grid ({grid.shape[1]}x{grid.shape[0]} px) -> {out}")
+    console.print(f"{len(cfg.networks)} x {len(cfg.seeds)} grid ({grid.shape[1]}x{grid.shape[0]} px) -> {out}")
     return out
 
 
@@ -334,7 +340,7 @@ def _batches(items: list, size: int) -> Iterable[list]:
 
 
 def generate_pairs(cfg: PairsConfig) -> PairsSummary:
-    """Make (or complete) this shard's part of the pair set in cfg.out; see the module docstring."""
+    """Make (or complete) this shard's part of the pair set in cfg.output; see the module docstring."""
     start = time.perf_counter()
     device = resolve_device(cfg.device)
     if cfg.fp16 and device.type != "cuda":
@@ -344,8 +350,8 @@ def generate_pairs(cfg: PairsConfig) -> PairsSummary:
     base_sd, blended_sd = base.state_dict(), blended.state_dict()
     if cfg.noise == "const" and any(not torch.equal(v, blended_sd[k]) for k, v in base_sd.items()
                                     if k.endswith(".noise_const")):
-        console.print("note: the blended model's noise constants differ from the base's (blended with "
-                      "--mapping toon?), so pairs differ in fine detail; --noise random gives both the same noise")
+        note("the blended model's noise constants differ from the base's (blended with --mapping toon?), so pairs "
+             "differ in fine detail; --noise random gives both the same noise")
     settings = {"base_sha256": file_sha256(cfg.base), "blended_sha256": file_sha256(cfg.blended),
                 "count": cfg.count, "val_count": cfg.val_count, "res": cfg.res or base.img_resolution,
                 "psi": cfg.psi, "seed": cfg.seed, "noise": cfg.noise, "format": cfg.format,
@@ -354,13 +360,13 @@ def generate_pairs(cfg: PairsConfig) -> PairsSummary:
                 "teacher_resolution": base.img_resolution, "num_ws": base.num_ws, "w_dim": base.w_dim}
     blend = read_metadata(cfg.blended).get("blend") if Path(cfg.blended).suffix == ".safetensors" else None
     if blend and blend["base"]["sha256"] != settings["base_sha256"]:
-        console.print(f"note: {Path(cfg.blended).name} was blended from {blend['base']['file']}, another file than "
-                      f"{Path(cfg.base).name}: pairs are only aligned if both hold the same base weights")
-    cfg.out.mkdir(parents=True, exist_ok=True)
-    _claim_folder(cfg.out, settings)
+        note(f"{Path(cfg.blended).name} was blended from {blend['base']['file']}, another file than "
+             f"{Path(cfg.base).name}: pairs are only aligned if both hold the same base weights")
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    _claim_folder(cfg.output, settings)
 
     k, n, res = *cfg.shard, settings["res"]
-    splits = [(cfg.out, range(0, cfg.count)), (cfg.out / "val", range(cfg.count, cfg.count + cfg.val_count))]
+    splits = [(cfg.output, range(0, cfg.count)), (cfg.output / "val", range(cfg.count, cfg.count + cfg.val_count))]
     splits = [(split, indices) for split, indices in splits if len(indices)]
     entry = {split: (lambda i, split=split: _entry(split, i, cfg, settings, base.num_ws, base.z_dim))
              for split, _ in splits}
@@ -398,6 +404,6 @@ def generate_pairs(cfg: PairsConfig) -> PairsSummary:
     complete = [_finish_split(split, indices, entry[split], cfg) for split, indices in splits]
     summary = PairsSummary(made=len(todo), skipped=skipped, seconds=time.perf_counter() - start)
     console.print(f"made {summary.made} pairs, skipped {summary.skipped} already present, {summary.seconds:.1f} s, "
-                  f"{summary.pairs_per_s:.2f} pairs/s -> {cfg.out}" + ("" if all(complete) else
+                  f"{summary.pairs_per_s:.2f} pairs/s -> {cfg.output}" + ("" if all(complete) else
                   " (set not complete yet: other shards still to run)"))
     return summary

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -25,14 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from distill.checkpoint import load_generator
-from distill.evaluate import lpips_model, psnr, ssim
+from distill.device import device_setting, resolve_device
+from distill.evaluate import lpips_model, psnr, ssim, unit
 from distill.losses import vgg_features
-from distill.pairs import resolve_device
-from distill.stylegan2 import Generator
-from runtime.common import ToonifyError, atomic_path, console, progress, write_json_atomic
+from distill.stylegan2 import LATENT_SPACE, Generator, architecture_difference
+from runtime.common import ToonifyError, UsageError, atomic_path, console, jsonable, progress, write_json_atomic
 from runtime.faces import FaceAligner
 from runtime.images import ImageError, hwc_to_nchw, nchw_to_hwc, read_image, resize, write_image
-from runtime.photos import face_crops
+from runtime.options import setting
+from runtime.photos import expand_inputs, face_crops
 
 # The projector's schedule and weights (NVlabs defaults).
 INITIAL_LR = 0.1
@@ -51,23 +52,34 @@ PIXEL_WEIGHT = 1.0
 
 @dataclass(frozen=True)
 class ProjectConfig:
-    base: Path                         # the generator projected into (FFHQ)
-    blended: Path                      # renders the found latent as a toon (from `distill blend`)
-    images: tuple[Path, ...]           # photos, or aligned face crops with align=False
-    out: Path                          # folder for NAME_target/_projected/_toon.png, NAME_w.npy, project.json
-    steps: int = 500
-    wplus: bool = False                # optimise one w per layer [num_ws, w_dim] instead of one w [w_dim]
-    vgg: bool = True                   # False: pixel loss only (no perceptual weights on this machine)
-    vgg_weights: Path | None = None    # torchvision's vgg16 state dict; None: the torch hub cache
-    align: bool = True                 # False: each image is already an aligned face, only resized
-    device: str = "auto"
-    seed: int = 0                      # initial noise maps and the w noise
+    images: tuple[Path, ...] = setting(
+        help="Photos, folders or glob patterns; the largest face of each is aligned as the runtime does "
+             "(aligned face crops with --no-align).", metavar="IMAGE", cli=list[str],
+        parse=lambda args: tuple(expand_inputs(args)))
+    base: Path = setting(help="Base (FFHQ) checkpoint: the photo is projected into its latent space.")
+    blended: Path = setting(help="Blended checkpoint from `distill blend`: renders the latent as a toon.")
+    output: Path = setting(help="Folder for the results (made if missing): NAME_target/_projected/_toon.png, "
+                                "NAME_w.npy, project.json.")
+    steps: int = setting(500, "Optimisation steps per image.", min=1)
+    wplus: bool = setting(False, "Optimise one w per layer (w+, [num_ws, w_dim]) instead of a single w.")
+    vgg: bool = setting(True, "Perceptual loss on VGG16 features (--no-vgg: pixel loss only, when no VGG16 "
+                              "weights exist).")
+    vgg_weights: Path | None = setting(None, "torchvision's VGG16 state dict (vgg16-397923af.pth) for the "
+                                             "perceptual loss (default: the torch hub cache).")
+    align: bool = setting(True, "Find and align the face (--no-align: each image is already an aligned face: "
+                                "only resize it).")
+    device: str = device_setting()
+    seed: int = setting(0, "Seed of the initial noise maps and the latent noise.")
+
+    def __post_init__(self):
+        if not self.vgg and self.vgg_weights is not None:
+            raise UsageError("--no-vgg and --vgg-weights contradict each other", hint="pass one of them")
 
 
 @dataclass(frozen=True)
 class CompareConfig:
     student: Path                      # an exported student (.onnx)
-    projection: ProjectConfig          # the teacher side; its out folder gets the comparison too
+    projection: ProjectConfig          # the teacher side; its output folder gets the comparison too
 
 
 class ProjectError(ToonifyError):
@@ -195,10 +207,9 @@ def project_image(G: Generator, target: torch.Tensor, cfg: ProjectConfig, percep
 def _check_compatible(base: Generator, blended: Generator, cfg: ProjectConfig) -> None:
     """The blended model must take the base model's latent and noise maps as they are."""
     hint = "pass the base model the blend was made from, and the blend"
-    for attr in ("num_ws", "w_dim", "img_resolution"):
-        if getattr(base, attr) != getattr(blended, attr):
-            raise ProjectError(f"{attr} is {getattr(blended, attr)} here and {getattr(base, attr)} in the base "
-                               "model: it cannot render the base model's latents", cfg.blended, hint)
+    why = architecture_difference(base, blended, LATENT_SPACE, ("the base model", "this one"))
+    if why is not None:
+        raise ProjectError(f"{why}: it cannot render the base model's latents", cfg.blended, hint)
     if {k: v.shape for k, v in noise_maps(base).items()} != {k: v.shape for k, v in noise_maps(blended).items()}:
         raise ProjectError("its noise maps differ from the base model's", cfg.blended, hint)
     if base.c_dim:
@@ -223,8 +234,8 @@ def _aligned_crops(cfg: ProjectConfig, res: int) -> dict[Path, np.ndarray | str]
     stems = [p.stem for p in cfg.images]
     clash = sorted({s for s in stems if stems.count(s) > 1})
     if clash:
-        raise ProjectError(f"several inputs are named {clash[0]}: their outputs would overwrite each other",
-                           cfg.out, hint="rename them or project them into separate folders", exit_code=2)
+        raise UsageError(f"several inputs are named {clash[0]}: their outputs would overwrite each other",
+                         cfg.output, hint="rename them or project them into separate folders")
     aligner = FaceAligner() if cfg.align else None
     crops: dict[Path, np.ndarray | str] = {}
     for path in cfg.images:
@@ -238,15 +249,10 @@ def _aligned_crops(cfg: ProjectConfig, res: int) -> dict[Path, np.ndarray | str]
     return crops
 
 
-def _unit(u8: np.ndarray) -> torch.Tensor:
-    """[R, R, 3] uint8 -> [1, 3, R, R] float64 in [0, 1], the range the scores take."""
-    return (torch.from_numpy(hwc_to_nchw(u8)).double() + 1) / 2
-
-
 def project_files(cfg: ProjectConfig) -> list[dict]:
     """Project each of cfg.images with the base model and render the result with the blended one.
 
-    Writes, atomically, per image in cfg.out: NAME_target.png (the aligned crop, R x R),
+    Writes, atomically, per image in cfg.output: NAME_target.png (the aligned crop, R x R),
     NAME_projected.png (the base model's reconstruction), NAME_toon.png (the blended model's render
     of the same latent and noise), NAME_w.npy (float32 [1, num_ws, w_dim] with wplus, else
     [1, w_dim]); then project.json. Returns one dict per image, in order: {image, target, projected,
@@ -275,32 +281,23 @@ def project_files(cfg: ProjectConfig) -> list[dict]:
         with torch.no_grad():
             projected, toon = _u8(render(base, ws, noise)), _u8(render(blended, ws, noise))
         seconds = time.perf_counter() - start
-        names = {k: cfg.out / f"{path.stem}_{k}.png" for k in ("target", "projected", "toon")}
+        names = {k: cfg.output / f"{path.stem}_{k}.png" for k in ("target", "projected", "toon")}
         for key, image in zip(names, (crop, projected, toon)):
             write_image(names[key], image)
-        with atomic_path(cfg.out / f"{path.stem}_w.npy") as tmp:
+        with atomic_path(cfg.output / f"{path.stem}_w.npy") as tmp:
             np.save(tmp, (ws if cfg.wplus else ws[:, 0]).cpu().numpy().astype(np.float32))
-        score = float(psnr(_unit(projected), _unit(crop))[0])
+        score = float(psnr(unit(hwc_to_nchw(projected)), unit(hwc_to_nchw(crop)))[0])
         console.print(f"{path.name}: reconstruction PSNR {score:.2f} dB in {seconds:.1f} s "
                       f"({cfg.steps / seconds:.1f} steps/s)")
         results.append({"image": str(path), **{k: str(v) for k, v in names.items()},
-                        "w": str(cfg.out / f"{path.stem}_w.npy"), "psnr": score, "seconds": seconds})
-    write_json_atomic(cfg.out / "project.json", {"config": _jsonable(cfg), "loss": _loss_name(cfg),
+                        "w": str(cfg.output / f"{path.stem}_w.npy"), "psnr": score, "seconds": seconds})
+    write_json_atomic(cfg.output / "project.json", {"config": jsonable(cfg), "loss": _loss_name(cfg),
                                                  "results": results})
     return results
 
 
 def _loss_name(cfg: ProjectConfig) -> str:
     return "VGG16 LPIPS-style feature distance + pixel MSE" if cfg.vgg else "pixel MSE (--no-vgg)"
-
-
-def _jsonable(value):
-    """A config as JSON: dataclasses as dicts, paths as strings."""
-    if is_dataclass(value):
-        return {k: _jsonable(v) for k, v in vars(value).items()}
-    if isinstance(value, (tuple, list)):
-        return [_jsonable(v) for v in value]
-    return str(value) if isinstance(value, Path) else value
 
 
 def compare_files(cfg: CompareConfig) -> dict:
@@ -329,10 +326,10 @@ def compare_files(cfg: CompareConfig) -> dict:
         start = time.perf_counter()
         student = toonifier.run(crop[None])[0]
         student_ms = 1000 * (time.perf_counter() - start)
-        sheet = write_image(proj.out / f"{Path(r['image']).stem}_compare.png",
+        sheet = write_image(proj.output / f"{Path(r['image']).stem}_compare.png",
                             np.concatenate([crop, recon, toon, student], axis=1))
-        scores = {"psnr": float(psnr(_unit(student), _unit(toon))[0]),
-                  "ssim": float(ssim(_unit(student), _unit(toon))[0])}
+        pair = unit(hwc_to_nchw(student)), unit(hwc_to_nchw(toon))
+        scores = {"psnr": float(psnr(*pair)[0]), "ssim": float(ssim(*pair)[0])}
         if lpips_net is not None:
             with torch.no_grad():
                 scores["lpips"] = float(lpips_net(*(torch.from_numpy(hwc_to_nchw(u8)) for u8 in (student, toon))))
@@ -341,11 +338,11 @@ def compare_files(cfg: CompareConfig) -> dict:
         console.print(f"{Path(r['image']).name}: student vs projection+blend PSNR {scores['psnr']:.2f} dB, "
                       f"SSIM {scores['ssim']:.4f}; {r['seconds']:.1f} s against {student_ms:.1f} ms")
     scored = [r for r in results if "skipped" not in r]
-    report = {"config": _jsonable(cfg), "student_resolution": size, "loss": _loss_name(proj),
+    report = {"config": jsonable(cfg), "student_resolution": size, "loss": _loss_name(proj),
               "lpips": {"computed": True, "net": "alex"} if lpips_net is not None
               else {"computed": False, "reason": lpips_skipped},
               "mean": {m: float(np.mean([r[m] for r in scored])) for m in ("psnr", "ssim", "lpips")
                        if scored and m in scored[0]},
               "results": results}
-    write_json_atomic(proj.out / "compare.json", report)
+    write_json_atomic(proj.output / "compare.json", report)
     return report

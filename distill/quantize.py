@@ -25,12 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import torch
 
 from distill import evaluate
-from distill.data import IMAGE_SUFFIXES
-from runtime.common import ToonifyError, console
-from runtime.images import hwc_to_nchw, read_image, resize
+from runtime.common import ToonifyError, UsageError, console
+from runtime.images import hwc_to_nchw, list_images, read_image, resize
 
 MIN_PSNR = 30.0           # dB, on outputs in [-1, 1], against the float32 PyTorch student
 CALIBRATION_IMAGES = 32   # at most this many images (evenly spread over the ones given) calibrate
@@ -46,20 +44,19 @@ def calibration_images(paths: tuple[Path, ...]) -> list[Path]:
     val/real/), sorted by name, at most CALIBRATION_IMAGES evenly spread."""
     hint = "pass --calibration with the pair folder the student was trained on, or a folder of aligned face photos"
     if not paths:
-        raise QuantizeError("--int8 needs calibration images", hint=hint, exit_code=2)
+        raise UsageError("--int8 needs calibration images", hint=hint)
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_file():
             found.append(path)
         elif path.is_dir():
             folders = [f for f in (path / "real", path / "val" / "real") if f.is_dir()] or [path]
-            found += sorted(p for f in folders for p in f.iterdir()
-                            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() and not p.name.startswith("."))
+            found += [p for f in folders for p in list_images(f)[0]]
         else:
-            raise QuantizeError("no such file or folder", path, hint, exit_code=2)
+            raise UsageError("no such file or folder", path, hint)
     if len(found) < 2:
-        raise QuantizeError(f"found {len(found)} calibration image(s) in {', '.join(map(str, paths))}; "
-                            "at least 2 are needed (one is held out to check quality)", hint=hint, exit_code=2)
+        raise UsageError(f"found {len(found)} calibration image(s) in {', '.join(map(str, paths))}; "
+                         "at least 2 are needed (one is held out to check quality)", hint=hint)
     picks = np.unique(np.linspace(0, len(found) - 1, min(len(found), CALIBRATION_IMAGES)).round().astype(int))
     return [found[i] for i in picks]
 
@@ -141,8 +138,7 @@ def _feeders(graph: onnx.GraphProto, node: onnx.NodeProto) -> set[str]:
 
 def psnr(got: np.ndarray, expected: np.ndarray) -> float:
     """dB between batches of images in [-1, 1] ([N, 3, H, W]): the worst image's (distill.evaluate.psnr)."""
-    unit = [(torch.from_numpy(np.asarray(x, np.float64)) + 1) / 2 for x in (got, expected)]
-    return float(evaluate.psnr(*unit).min())
+    return float(evaluate.psnr(evaluate.unit(got), evaluate.unit(expected)).min())
 
 
 def check_quality(scores: dict[str, float]) -> None:

@@ -1,7 +1,7 @@
 """The files of a training run: numbered run folders, config.json, log and stats, sample grids,
 the RNG state a checkpoint keeps, and the student files that export and eval load.
 
-    model, meta = load_student("runs/00003-lite-256/student-ema.pt")   # generator in eval mode, metadata
+    model, info = load_student("runs/00003-lite-256/student-ema.pt")   # generator in eval mode, StudentInfo
 
 A run folder (runs/00003-lite-256/) holds config.json, log.txt, stats.jsonl, tensorboard/,
 samples/step-000500.png (rows: input | student | teacher), the training state
@@ -14,16 +14,17 @@ import json
 import os
 import random
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import nn
 
+from distill.checkpoint import state_dict_difference
 from distill.translator import StudentConfig, build_generator
 from runtime.common import ToonifyError, atomic_path, console, write_json_atomic
-from runtime.images import nchw_to_hwc
+from runtime.images import image_grid, nchw_to_hwc, write_image
 
 STUDENT_FORMAT = "toonify-fast-student"
 
@@ -34,6 +35,35 @@ class RunFolderError(ToonifyError):
 
 class StudentFileError(ToonifyError):
     pass
+
+
+@dataclass(frozen=True)
+class StudentInfo:
+    """What a student file says about its generator: written by train (save_student), read by
+    export, eval and the demo. Export turns it into the model's runtime.engine.ModelInfo."""
+    config: StudentConfig              # the architecture
+    preset: str                        # its translator.PRESETS name, or "custom"
+    resolution: int                    # the training resolution: face crops are resolution x resolution
+    run: str = ""                      # the run folder's name
+    step: int = 0                      # training steps behind these weights
+    ema: bool = False                  # the moving average of the weights (the one to export)
+    teacher_base_sha256: str = ""      # the teachers the pairs came from (pairs.json)
+    teacher_blended_sha256: str = ""
+
+    @property
+    def size_multiple(self) -> int:
+        """Input H and W must be multiples of this."""
+        return self.config.size_multiple
+
+    def to_dict(self) -> dict:
+        """The `meta` entry of a student file (size_multiple is written for readers of the raw file)."""
+        data = asdict(self)
+        return {"student_config": data.pop("config"), **data, "size_multiple": self.size_multiple}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> StudentInfo:
+        names = {"preset", "resolution", "run", "step", "ema", "teacher_base_sha256", "teacher_blended_sha256"}
+        return cls(config=StudentConfig(**data["student_config"]), **{k: v for k, v in data.items() if k in names})
 
 
 def rng_state() -> dict:
@@ -63,19 +93,18 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     return json.loads(path.read_text())
 
 
-def save_student(G: nn.Module, path: Path, meta: dict) -> None:
-    """Weights only + metadata, readable with torch.load(weights_only=True), written atomically."""
+def save_student(G: nn.Module, path: Path, info: StudentInfo) -> None:
+    """Weights only + StudentInfo, readable with torch.load(weights_only=True), written atomically."""
     state = {k: v.detach().cpu() for k, v in G.state_dict().items()}
     with atomic_path(path) as tmp:
-        torch.save({"format": STUDENT_FORMAT, "version": 1, "state_dict": state, "meta": meta}, tmp)
+        torch.save({"format": STUDENT_FORMAT, "version": 1, "state_dict": state, "meta": info.to_dict()}, tmp)
 
 
-def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
-    """A student file from `distill train` -> (generator in eval mode on CPU, metadata).
+def load_student(path: str | os.PathLike) -> tuple[nn.Module, StudentInfo]:
+    """A student file from `distill train` -> (generator in eval mode on CPU, its StudentInfo).
 
-    The generator maps [N, 3, H, W] in [-1, 1] to the same (H, W multiples of meta['size_multiple']).
-    Metadata: student_config, preset, resolution, size_multiple, step, ema, teacher_base_sha256,
-    teacher_blended_sha256. Tensors are checked key by key against the architecture.
+    The generator maps [N, 3, H, W] in [-1, 1] to the same (H, W multiples of info.size_multiple).
+    Tensors are checked key by key against the architecture.
     """
     path, hint = Path(path), "pass student-ema.pt (or student.pt) from a run folder made by `distill train`"
     if not path.is_file():
@@ -89,18 +118,13 @@ def load_student(path: str | os.PathLike) -> tuple[nn.Module, dict]:
         what = "training state (latest.pt), not student weights" if isinstance(data, dict) and "opt_G" in data \
             else "not a toonify-fast student file"
         raise StudentFileError(what, path, hint)
-    meta = data["meta"]
-    model = build_generator(StudentConfig(**meta["student_config"]))
-    expected, got = model.state_dict(), data["state_dict"]
-    for key, want in expected.items():
-        if key not in got or got[key].shape != want.shape:
-            found = "missing" if key not in got else f"shape {list(got[key].shape)}"
-            raise StudentFileError(f"tensor {key}: {found}, the architecture needs {list(want.shape)}", path, hint)
-    extra = sorted(set(got) - set(expected))
-    if extra:
-        raise StudentFileError(f"unexpected tensors for this architecture: {', '.join(extra[:5])}", path, hint)
-    model.load_state_dict(got)
-    return model.eval(), meta
+    info = StudentInfo.from_dict(data["meta"])
+    model = build_generator(info.config)
+    why = state_dict_difference(model.state_dict(), data["state_dict"], ("the architecture", "the file"))
+    if why is not None:
+        raise StudentFileError(f"tensor {why}", path, hint)
+    model.load_state_dict(data["state_dict"])
+    return model.eval(), info
 
 
 class RunFolder:
@@ -145,14 +169,12 @@ class RunFolder:
     @torch.no_grad()
     def samples(self, step: int, G: nn.Module, real: torch.Tensor, toon: torch.Tensor) -> None:
         """samples/step-NNNNNN.png: rows input | student | teacher, one column per pair."""
-        rows = [nchw_to_hwc(x.float().cpu().numpy()) for x in (real, G(real), toon)]
-        grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
-        with atomic_path(self.path / "samples" / f"step-{step:06d}.png") as tmp:
-            Image.fromarray(grid).save(tmp, format="PNG")
+        grid = image_grid([list(nchw_to_hwc(x.float().cpu().numpy())) for x in (real, G(real), toon)])
+        write_image(self.path / "samples" / f"step-{step:06d}.png", grid)
 
-    def save(self, state: dict, G: nn.Module, G_ema: nn.Module, meta: dict) -> None:
+    def save(self, state: dict, G: nn.Module, G_ema: nn.Module, info: StudentInfo) -> None:
         """The training state, then the weights export loads (each file atomically)."""
         with atomic_path(self.path / "checkpoints" / "latest.pt") as tmp:
             torch.save(state, tmp)
-        save_student(G, self.path / "student.pt", {**meta, "step": state["step"], "ema": False})
-        save_student(G_ema, self.path / "student-ema.pt", {**meta, "step": state["step"], "ema": True})
+        save_student(G, self.path / "student.pt", replace(info, step=state["step"], ema=False))
+        save_student(G_ema, self.path / "student-ema.pt", replace(info, step=state["step"], ema=True))

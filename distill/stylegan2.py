@@ -349,3 +349,19 @@ class Generator(nn.Module):
         """z [N, z_dim] -> [N, img_channels, R, R] float32, about [-1, 1]."""
         ws = self.mapping(z, c, truncation_psi=truncation_psi, truncation_cutoff=truncation_cutoff)
         return self.synthesis(ws, noise_mode=noise_mode, generator=generator)
+
+
+# What two generators must share: to take the same w+ (pairs, sample grids, projection), and to be
+# blended tensor by tensor (the same shapes may still mean other things when these differ).
+LATENT_SPACE = ("num_ws", "w_dim", "img_resolution")
+ARCHITECTURE = ("img_resolution", "img_channels", "z_dim", "c_dim", "w_dim", "num_ws")
+
+
+def architecture_difference(a: Generator, b: Generator, attrs: tuple[str, ...] = ARCHITECTURE,
+                            names: tuple[str, str] = ("the first model", "the second model")) -> str | None:
+    """The first of `attrs` on which two generators differ, in words ('w_dim is 64 in base and 32
+    in toon'), or None when they agree on all."""
+    for attr in attrs:
+        if getattr(a, attr, None) != getattr(b, attr, None):
+            return f"{attr} is {getattr(a, attr, None)} in {names[0]} and {getattr(b, attr, None)} in {names[1]}"
+    return None

@@ -1,7 +1,7 @@
 """Train the pix2pixHD student on a pair folder: one visible loop, data parallel, exact resume.
 
     toonify-fast distill train --pairs pairs/ --preset lite --res 256 --steps 20000 -o runs/
-    torchrun --nproc_per_node 2 -m distill.train --pairs pairs/ ...   # DDP: NCCL on GPUs, gloo on CPU
+    torchrun --nproc_per_node 2 -m distill train --pairs pairs/ ...   # DDP: NCCL on GPUs, gloo on CPU
 
 A run lives in a numbered folder (runs/00003-lite-256/, its files kept by distill.runs): config.json,
 log.txt, stats.jsonl, tensorboard/, samples/step-000500.png (rows: input | student (EMA) | teacher),
@@ -18,10 +18,9 @@ import json
 import os
 import random
 import signal
-import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +31,13 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from distill.data import PairedDataset
+from distill.device import device_setting, resolve_device
 from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
-from distill.pairs import resolve_device
-from distill.runs import RunFolder, read_run_config, rng_state, set_rng_state
+from distill.runs import RunFolder, StudentInfo, read_run_config, rng_state, set_rng_state
 from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator
-from runtime.common import ToonifyError, console, progress
+from runtime.common import Interrupted, ToonifyError, UsageError, console, jsonable, progress
+from runtime.options import resumable_fields, setting
 
-# Settings that change nothing a run computes: a resumed run may give other values for these.
-SESSION_FIELDS = ("out", "workers", "device", "log_every", "sample_every", "checkpoint_every")
 SAMPLES = 8   # held-out pairs shown in every sample grid
 
 
@@ -49,34 +47,40 @@ class TrainError(ToonifyError):
 
 @dataclass(frozen=True)
 class TrainConfig:
-    pairs: Path                       # pair folder from `distill pairs` (its val/ split feeds the sample grids)
-    out: Path = Path("runs")          # runs are numbered folders in here
-    preset: str = "lite"              # a translator.PRESETS name
-    res: int = 256                    # training resolution (pairs are resized to it)
-    steps: int = 20000
-    batch_size: int = 1               # per process: the global batch is batch_size * world size
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    decay_start: float = 0.5          # fraction of the steps at constant LR, then linear decay to 0
-    gan: bool = True                  # adversarial + feature-matching terms (pix2pixHD)
-    gan_mode: str = "lsgan"           # lsgan | hinge
-    feat_weight: float = 40.0         # pix2pixHD's 10 on its 4x-weighted sum (losses.feature_matching_loss)
-    vgg: bool = True                  # VGG19 perceptual term: needs real ImageNet weights
-    vgg_weights: Path | None = None   # torchvision vgg19 state dict; default: the torch hub cache
-    vgg_weight: float = 10.0
-    l1_weight: float = 0.0            # plain L1 to the toon (not in pix2pixHD; handy without GAN)
-    ndf: int = 64                     # discriminator width
-    num_d: int = 2                    # discriminator scales
-    ema_decay: float = 0.999          # per step, ramped up from 0.9 over the first steps
-    grad_clip: float | None = None    # max global grad norm per network; None = no clipping
-    augment: bool = True              # flips, jitter and photo degradations (distill.data)
-    amp: bool = True                  # float16 autocast with loss scaling, on CUDA only
-    seed: int = 0
-    workers: int = 2                  # data-loading processes per training process
-    device: str = "auto"
-    log_every: int = 50               # steps between stats.jsonl lines
-    sample_every: int = 500           # steps between sample grids
-    checkpoint_every: int = 1000      # steps between checkpoints (and student files)
+    pairs: Path | None = setting(None, "Pair folder from `distill pairs` (its val/ split feeds the sample grids). "
+                                       "Needed unless --resume.")
+    output: Path = setting(Path("runs"), "Where numbered run folders are made.")
+    preset: str = setting("lite", "Student architecture: lite or full (pix2pixHD's default).")
+    res: int = setting(256, "Training resolution; pairs are resized to it.")
+    steps: int = setting(20000, "Training steps (one global batch each).")
+    batch_size: int = setting(1, "Images per step per process (the global batch is this times the processes).")
+    lr: float = setting(2e-4, "Adam learning rate of both networks.")
+    betas: tuple[float, float] = setting((0.5, 0.999), cli=False)     # Adam's, pix2pixHD's
+    decay_start: float = setting(0.5, "Fraction of the steps at constant LR before the linear decay to 0.")
+    gan: bool = setting(True, "Adversarial and feature-matching terms (pix2pixHD).")
+    gan_mode: str = setting("lsgan", "lsgan or hinge.")
+    feat_weight: float = setting(40.0, "Feature-matching weight on the mean over layers and scales (40 = pix2pixHD's "
+                                       "10 on its 4x-weighted sum, losses.feature_matching_loss).")
+    vgg: bool = setting(True, "VGG19 perceptual term (needs real weights).")
+    vgg_weights: Path | None = setting(None, "torchvision's vgg19 state dict (vgg19-dcbe5ed2.pth); default: the "
+                                             "torch hub cache.")
+    vgg_weight: float = setting(10.0, "Weight of the perceptual term.")
+    l1_weight: float = setting(0.0, "Weight of an L1 term to the toon (0 = pix2pixHD's objective; handy without GAN).",
+                               flags=("--l1",))
+    ndf: int = setting(64, "Discriminator width.")
+    num_d: int = setting(2, "Discriminator scales.")
+    ema_decay: float = setting(0.999, "Per-step decay of the exported moving-average student (ramped up from 0.9 "
+                                      "over the first steps).")
+    grad_clip: float | None = setting(None, "Clip each network's gradient norm to this (default: no clipping).")
+    augment: bool = setting(True, "Flips, jitter, photo degradations (distill.data).")
+    amp: bool = setting(True, "float16 mixed precision with loss scaling (CUDA only).")
+    seed: int = setting(0, "Seed of the weights and of the data order.")
+    # Settings that change nothing a run computes: a resumed run may give other values for these.
+    workers: int = setting(2, "Data-loading processes per training process.", resumable=True)
+    device: str = setting("auto", "auto (cuda:LOCAL_RANK when present), cpu, cuda, ...", resumable=True)
+    log_every: int = setting(50, "Steps between lines of stats.jsonl.", resumable=True)
+    sample_every: int = setting(500, "Steps between sample grids.", resumable=True)
+    checkpoint_every: int = setting(1000, "Steps between checkpoints (and student files).", resumable=True)
 
     def __post_init__(self):
         multiple = PRESETS[self.preset].size_multiple if self.preset in PRESETS else 1
@@ -95,15 +99,19 @@ class TrainConfig:
                 raise TrainError(reason, hint="see `toonify-fast distill train --help`")
 
     def to_json(self) -> dict:
-        return {k: str(v) if isinstance(v, Path) else list(v) if isinstance(v, tuple) else v
-                for k, v in asdict(self).items()}
+        return jsonable(self)
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
+        if "out" in data:                       # run folders written before the field was named output
+            data = {**data, "output": data["out"]}
         data = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for key in ("pairs", "out", "vgg_weights"):
+        for key in ("pairs", "output", "vgg_weights"):
             data[key] = None if data.get(key) is None else Path(data[key])
         return cls(**{**data, "betas": tuple(data["betas"])})
+
+
+RESUMABLE = resumable_fields(TrainConfig)
 
 
 @dataclass(frozen=True)
@@ -240,8 +248,9 @@ def _teachers(pairs: Path) -> dict:
 
 def _check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
     saved = load_run_config(run_dir)
+    # A resumed run stays in its own folder, wherever new runs would be made.
     changed = [f.name for f in fields(cfg)
-               if f.name not in SESSION_FIELDS and getattr(cfg, f.name) != getattr(saved, f.name)]
+               if f.name not in RESUMABLE | {"output"} and getattr(cfg, f.name) != getattr(saved, f.name)]
     if changed:
         raise TrainError(f"the run was started with other settings: {', '.join(changed)}", run_dir,
                          hint="resume with the run's own settings (the CLI reads them from config.json)")
@@ -256,8 +265,10 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     Under torchrun (WORLD_SIZE > 1) every process trains on its share of each global batch with
     DDP and only rank 0 writes. `stop_at` ends this session after that step with a checkpoint
     (continue with `resume`). Raises MissingWeightsError before any work when the VGG term is on
-    and no weights are found, and TrainError (exit code 130) after a stop by signal, state saved.
+    and no weights are found, and Interrupted (exit code 130) after a stop by signal, state saved.
     """
+    if cfg.pairs is None:
+        raise UsageError("--pairs is needed to start a run", hint="or continue one with --resume RUN_FOLDER")
     features = vgg_features("vgg19", cfg.vgg_weights) if cfg.vgg else None
     if resume is not None:
         _check_resumable(cfg, Path(resume))
@@ -308,16 +319,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                                                    num_workers=cfg.workers, pin_memory=device.type == "cuda"))
 
         if rank == 0:
-            run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(Path(cfg.out), f"{cfg.preset}-{cfg.res}")
+            run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(Path(cfg.output), f"{cfg.preset}-{cfg.res}")
             held_out = cfg.pairs / "val" if (cfg.pairs / "val" / "real").is_dir() else cfg.pairs
             shown = PairedDataset(held_out, cfg.res, augment=False)
             shown = [torch.stack(t).to(device) for t in zip(*(shown[i] for i in range(min(SAMPLES, len(shown)))))]
-            student_cfg, teachers = PRESETS[cfg.preset], _teachers(cfg.pairs)
-            meta = {"student_config": asdict(student_cfg), "preset": cfg.preset, "resolution": cfg.res,
-                    "size_multiple": student_cfg.size_multiple, "run": run.path.name, **teachers}
+            teachers = _teachers(cfg.pairs)
+            info = StudentInfo(PRESETS[cfg.preset], cfg.preset, cfg.res, run=run.path.name, **teachers)
             if state is None:
                 run.write_config({
-                    "config": cfg.to_json(), "student": asdict(student_cfg), "world_size": world,
+                    "config": cfg.to_json(), "student": jsonable(info.config), "world_size": world,
                     "global_batch": global_batch, "device": str(device), "amp": amp, "pairs": len(dataset),
                     "teachers": teachers, "torch": torch.__version__})
                 run.samples(0, G_ema, *shown)
@@ -339,7 +349,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                 run.save({"step": done, "samples_seen": seen + (done - start) * global_batch, "world_size": world,
                           "G": G.state_dict(), "G_ema": G_ema.state_dict(), "opt_G": opt_G.state_dict(),
                           "D": D.state_dict() if D else None, "opt_D": opt_D.state_dict() if opt_D else None,
-                          "scaler": scaler.state_dict(), "rng": rng}, G, G_ema, meta)
+                          "scaler": scaler.state_dict(), "rng": rng}, G, G_ema, info)
 
         done, sums, count, clock, began = start, {}, 0, time.perf_counter(), time.perf_counter()
         interrupted = False
@@ -404,9 +414,9 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             run.log(f"  export: toonify-fast distill export --student {run.path / 'student-ema.pt'} -o toonify.onnx"
                     if finished else f"  continue: toonify-fast distill train --resume {run.path}")
         if interrupted:
-            raise TrainError(f"stopped by a signal at step {done} of {cfg.steps}; the state is saved",
-                             run.path if run else None, exit_code=130,
-                             hint=f"continue with: toonify-fast distill train --resume {run.path if run else 'RUN'}")
+            raise Interrupted(f"stopped by a signal at step {done} of {cfg.steps}; the state is saved",
+                              run.path if run else None,
+                              hint=f"continue with: toonify-fast distill train --resume {run.path if run else 'RUN'}")
         return TrainResult(run.path if run else None, done, G, G_ema)
     finally:
         if bar is not None:
@@ -416,8 +426,3 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             run.tb.close()
         if own_group:
             dist.destroy_process_group()
-
-
-if __name__ == "__main__":
-    from runtime.cli import main
-    main(["distill", "train", *sys.argv[1:]])

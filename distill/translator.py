@@ -48,19 +48,16 @@ PRESETS = {
     # (the ~550 often quoted counts the transposed convs at their output size).
     "full": StudentConfig(),
     # pix2pixHD's own global generator at ngf 16, 3 downsamplings (128 channels at 1/8 scale), 9
-    # basic blocks, instance norm: 2.85M parameters, 7.0 GFLOPs per 256x256 image. bench/student.py
-    # (ONNX Runtime CPU, 2 threads, optimisation ALL, this 2-core AVX-512 machine, best of rounds,
-    # three runs with other work going on): 23-30 images/s at 256x256 batch 8 (52-54 ms at batch
-    # 1), 146-164 ms at 512x512 batch 1: 1.5-1.7x headroom on both targets (15 images/s, 250 ms).
-    # Why this one among the candidates that pass:
-    # - depthwise-separable blocks save FLOPs but not time here (ORT runs dense 3x3 convs far more
-    #   efficiently per FLOP): 16-3d-9sep is only 1.4-1.5x faster for 1/3 of the compute and 1/6 of
-    #   the weights; ngf 24-32 with separable blocks is slower than this and has fewer weights;
+    # basic blocks, instance norm: 2.85M parameters, 7.0 GFLOPs per 256x256 image. Chosen among
+    # candidates by their speed on ONNX Runtime CPU (bench/student.py measures them all; the
+    # figures are in bench/results/student.json and the README), against the targets of 15 images/s
+    # at 256 px and 250 ms at 512 px with headroom for slower CPUs and busy machines:
+    # - depthwise-separable blocks save FLOPs but not time (ONNX Runtime runs dense 3x3 convs far
+    #   more efficiently per FLOP), and keep fewer weights;
     # - 4 downsamplings are fast but leave a 16x16 grid at 256 px (pix2pixHD keeps 32x32);
-    # - batch norm is 10-20% faster (folded into the convs) but instance norm, pix2pixHD's choice,
+    # - batch norm is faster (folded into the convs), but instance norm, pix2pixHD's choice,
     #   normalises each photo's contrast and behaves the same at any training batch size;
-    # - resize-conv upsampling costs ~20% more and 12 blocks ~15% more, eating the headroom that
-    #   slower CPUs and a busy machine need. Measure again with `python bench/student.py`.
+    # - resize-conv upsampling and 12 blocks cost time that slower CPUs need.
     "lite": StudentConfig(ngf=16, n_downsampling=3, n_blocks=9, norm="instance"),
 }
 
@@ -169,7 +166,8 @@ class Student(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         m = self.cfg.size_multiple
-        # Traced shapes would freeze this check into the exported graph; the runtime pads instead.
+        # Traced shapes would freeze this check into the exported graph; the runtime checks sizes
+        # itself (runtime.engine.Toonifier.check_size) before a run.
         if not torch.onnx.is_in_onnx_export() and (x.shape[-2] % m or x.shape[-1] % m):
             raise ValueError(f"input {tuple(x.shape)}: H and W must be multiples of {m} for this student")
         return self.net(x)

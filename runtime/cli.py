@@ -1,11 +1,13 @@
-"""The `toonify-fast` command.
+"""The `toonify-fast` command: the top of the house. Every entry point (the console script,
+`python -m runtime.cli`, `torchrun -m distill`) comes in through `main`; no library imports this.
 
     toonify-fast photo.jpg                 # writes photo_toon.png beside it
     toonify-fast video clip.mp4 -o toon.mp4
     toonify-fast distill --help            # building a model (needs the `distill` extra)
 
-Each command is thin: it parses options and calls one library function. This module must
-not import torch or distill at import time (apps embed the runtime without PyTorch).
+Each command is thin: its options are its config's fields (runtime.options), and it calls one
+library function. This module must not import torch or distill at import time (apps embed the
+runtime without PyTorch): `distill` is loaded only for its own subcommands.
 """
 from __future__ import annotations
 
@@ -15,16 +17,18 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from runtime.common import ToonifyError, console
-from runtime.images import MAX_PIXELS
+from runtime.common import ToonifyError, UsageError, console, note
+from runtime.options import command
+from runtime.photos import ConvertConfig
+from runtime.video import VideoConfig
 
 app = typer.Typer(
     help="Turn faces into cartoon characters in real time with an exported toonify-fast model.\n\n"
          "`toonify-fast IMAGE...` is short for `toonify-fast convert IMAGE...`.",
-    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+    add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]})
+
 
 @app.callback()
 def _group() -> None:
@@ -32,8 +36,6 @@ def _group() -> None:
 
 
 DISTILL_EXTRA = ("torch", "onnx", "albumentations", "safetensors")
-DISTILL_MISSING = ("`toonify-fast distill` needs the training extra, which is not installed here "
-                   "(missing module: {name}).\n  hint: pip install 'toonify-fast[distill]'  (or `make install` in a clone)")
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True,
@@ -41,56 +43,27 @@ DISTILL_MISSING = ("`toonify-fast distill` needs the training extra, which is no
 def distill(ctx: typer.Context) -> None:
     """Build a model: blend teachers, make pairs, train, evaluate, export (needs the `distill` extra)."""
     try:
-        # The runtime never needs distill: the subcommand loads it only when asked for. distill.cli
-        # imports its stages lazily, so check the extra here, before any command runs.
+        # The runtime never needs distill: the subcommand loads it only when asked for, after
+        # checking the extra, before any command runs.
         for name in DISTILL_EXTRA:
             importlib.import_module(name)
         distill_app = importlib.import_module("distill.cli").app
     except ModuleNotFoundError as e:
         if e.name and e.name.split(".")[0] in DISTILL_EXTRA:
-            console.print(DISTILL_MISSING.format(name=e.name), markup=False)
-            raise typer.Exit(2)
+            raise UsageError(f"`toonify-fast distill` needs the training extra, which is not installed here "
+                             f"(missing module: {e.name})",
+                             hint="pip install 'toonify-fast[distill]'  (or `make install` in a clone)") from None
         raise
     distill_app(ctx.args, prog_name="toonify-fast distill", standalone_mode=True)
 
 
-# Options every converting command shares.
-ModelOption = Annotated[Optional[Path], typer.Option(
-    "-m", "--model", help="Exported model (.onnx). Default: $TOONIFY_FAST_MODEL, then exports/toonify.onnx.")]
-ProviderOption = Annotated[str, typer.Option(
-    help="ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), tensorrt, cuda or cpu.")]
-BatchOption = Annotated[Optional[int], typer.Option(
-    min=1, help="Face crops per model run, across images or frames (default: 1 on CPU, 8 on a GPU).")]
-
-
-@app.command()
-def convert(
-    images: Annotated[list[str], typer.Argument(
-        metavar="IMAGE", help="Images, folders (their images, sorted) or glob patterns such as 'shots/*.jpg'.",
-        show_default=False)],
-    output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="Output file (one input) or folder. Default: IMAGE_toon.png beside each image.")] = None,
-    model: ModelOption = None,
-    provider: ProviderOption = "auto",
-    batch_size: BatchOption = None,
-    max_faces: Annotated[Optional[int], typer.Option(
-        min=1, help="Convert at most this many faces per image, largest first (default: all).")] = None,
-    crop: Annotated[bool, typer.Option(
-        "--crop", help="Write the aligned toon faces (IMAGE_toon_0.png, _1, ...) instead of the whole photo.")] = False,
-    no_align: Annotated[bool, typer.Option(
-        "--no-align", help="Each image is already an aligned face: resize it to the model resolution, "
-                           "convert, resize back.")] = False,
-    max_megapixels: Annotated[float, typer.Option(
-        min=0.001, help="Refuse images with more pixels than this (decompression bombs).")] = MAX_PIXELS / 1e6,
-) -> None:
+@command(app, ConvertConfig, arguments=("inputs",))
+def convert(cfg: ConvertConfig) -> None:
     """Toonify the faces in photos (`toonify-fast IMAGE...` is short for this).
 
     Exit status: 0 when every image converted, 1 when some failed, 2 for bad usage.
     """
-    from runtime.photos import ConvertConfig, convert_photos
-    cfg = ConvertConfig(inputs=tuple(images), output=output, model=model, provider=provider,
-                        batch_size=batch_size, max_faces=max_faces, crop=crop, align=not no_align,
-                        max_pixels=int(max_megapixels * 1e6))
+    from runtime.photos import convert_photos
     s = convert_photos(cfg)
     console.print(f"{'[green]done[/green]' if not s.failed else '[yellow]done[/yellow]'}: {s.converted} converted, "
                   f"{s.failed} failed, {s.faces} face{'s' * (s.faces != 1)}, {s.seconds:.1f} s")
@@ -116,46 +89,11 @@ def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx)."
     Console(soft_wrap=True).print(table)
 
 
-@app.command()
-def video(
-    source: Annotated[Path, typer.Argument(
-        metavar="SOURCE", show_default=False,
-        help="A video file (any format FFmpeg reads) or a folder of frames (converted in name order).")],
-    output: Annotated[Optional[Path], typer.Option(
-        "-o", "--output", help="Output video (.mp4, .mkv, .mov, .webm: the extension picks the container) or "
-                               "folder. Default: SOURCE_toon.mp4, or the folder SOURCE_toon for frames.")] = None,
-    model: ModelOption = None,
-    provider: ProviderOption = "auto",
-    batch_size: BatchOption = None,
-    start: Annotated[Optional[float], typer.Option(min=0, help="Start this many seconds into the clip.")] = None,
-    end: Annotated[Optional[float], typer.Option(min=0, help="Stop this many seconds into the clip.")] = None,
-    max_frames: Annotated[Optional[int], typer.Option(min=1, help="Convert at most this many frames.")] = None,
-    crop: Annotated[bool, typer.Option(
-        "--crop", help="Write only the aligned toon face: a square video at the model resolution.")] = False,
-    live: Annotated[bool, typer.Option(
-        "--live", help="Smooth the crop with a causal One Euro filter (as a webcam needs) instead of a "
-                       "Gaussian over the frames before and after.")] = False,
-    sigma: Annotated[float, typer.Option(
-        min=0, help="Width of the offline smoothing, in frames (0: none). Wider averages more landmark wobble "
-                    "away and holds 3 sigma frames in memory.")] = 6.0,
-    guide: Annotated[bool, typer.Option(
-        "--guide/--no-guide", help="Let the smoothing follow the face's motion measured from its pixels, so "
-                                   "only landmark wobble is averaged away (--no-guide: average the landmarks "
-                                   "alone, which lags a moving face).")] = True,
-    codec: Annotated[str, typer.Option(help="Video encoder (FFmpeg name).")] = "libx264",
-    crf: Annotated[int, typer.Option(
-        min=0, max=63, help="Constant rate factor for x264/x265/VPx/AV1: lower is better and bigger.")] = 18,
-    report: Annotated[Optional[Path], typer.Option(
-        help="Write a JSON report: faces per frame, crop jitter with and without smoothing (how far the "
-             "face slides within its crop, and the crop's own motion), face-region change of input and output.")] = None,
-) -> None:
+@command(app, VideoConfig, arguments=("input",))
+def video(cfg: VideoConfig) -> None:
     """Toonify every face in a video or a folder of frames, keeping timing, frame count and audio."""
-    from runtime.photos import find_model
-    from runtime.video import VideoConfig, convert_video, default_output
-    convert_video(VideoConfig(source, output or default_output(source), find_model(model), provider=provider,
-                              batch_size=batch_size, start=start, end=end, max_frames=max_frames, crop=crop,
-                              live=live, sigma=sigma, guided=guide, codec=codec, crf=crf,
-                              report=report))
+    from runtime.video import convert_video
+    convert_video(cfg)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -167,7 +105,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     try:
         app(argv, prog_name="toonify-fast")
     except ToonifyError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}")
+        note(str(e), "error")
         sys.exit(e.exit_code)
 
 

@@ -1,4 +1,5 @@
-"""Plumbing every stage shares: user-facing errors, atomic writes, the console and progress bars.
+"""Plumbing every stage shares: user-facing errors, notes, atomic writes, JSON, the console and
+progress bars.
 
     with atomic_path(out) as tmp:   # write tmp; it becomes `out` only if the block succeeds
         image.save(tmp)
@@ -8,6 +9,7 @@ Nothing here imports torch: the runtime and the distillation code both use it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import tempfile
@@ -17,7 +19,9 @@ from typing import Iterator
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
                            TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+from rich.markup import escape
 from rich.text import Text
+
 
 def _read_umask() -> int:
     mask = os.umask(0)
@@ -36,18 +40,46 @@ console = Console(stderr=True, highlight=False)
 class ToonifyError(Exception):
     """An error the user can act on: what went wrong, with which file, and a hint.
 
-    The CLI prints it as one or two lines (never a traceback) and exits non-zero.
+    The CLI prints it as one or two lines (never a traceback) and exits with `exit_code`.
     """
+    exit_code = 1
 
-    def __init__(self, reason: str, path: str | os.PathLike | None = None, hint: str | None = None,
-                 exit_code: int = 1):
+    def __init__(self, reason: str, path: str | os.PathLike | None = None, hint: str | None = None):
         self.reason, self.path, self.hint = reason, (str(path) if path is not None else None), hint
-        self.exit_code = exit_code
         super().__init__(str(self))
 
     def __str__(self) -> str:
         text = f"{self.path}: {self.reason}" if self.path else self.reason
         return f"{text}\n  hint: {self.hint}" if self.hint else text
+
+
+class UsageError(ToonifyError):
+    """The command was asked for something that cannot be done as given: bad options, missing or
+    clashing paths. Nothing has been done yet; exit status 2."""
+    exit_code = 2
+
+
+class Interrupted(ToonifyError):
+    """Stopped by a signal (Ctrl-C, SIGTERM) after saving what can be resumed; exit status 130."""
+    exit_code = 130
+
+
+def note(text: str, kind: str = "note") -> None:
+    """One line on stderr: 'note: ...' (kind 'note'), 'warning: ...' or 'error: ...'; `text` is plain
+    (file names may hold rich markup such as [/x], so nothing in it is interpreted)."""
+    colour = {"note": "yellow", "warning": "yellow", "error": "red"}[kind]
+    console.print(f"[{colour}]{kind}:[/{colour}] {escape(text)}", soft_wrap=True)
+
+
+def jsonable(value):
+    """Configs and results as JSON values: dataclasses as dicts, paths as strings, tuples as lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    return str(value) if isinstance(value, os.PathLike) else value
 
 
 @contextlib.contextmanager

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from rich.markup import escape
 
-from runtime.common import ToonifyError, console
+from runtime.common import ToonifyError, UsageError, note
 from runtime.images import hwc_to_nchw, nchw_to_hwc
+from runtime.options import setting
 
 FORMAT = "1"
 FORMAT_KEY = "toonify_fast.format"
@@ -29,6 +29,24 @@ PROVIDERS = {"tensorrt": "TensorrtExecutionProvider", "cuda": "CUDAExecutionProv
 SHORT_NAMES = {v: k for k, v in PROVIDERS.items()}
 LABELS = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
 BUILD_HINT = "build one with `make demo` (writes exports/demo.onnx) or `toonify-fast distill export ...`"
+DEFAULT_MODEL = Path("exports") / "toonify.onnx"
+MODEL_ENV = "TOONIFY_FAST_MODEL"
+
+
+def model_setting():
+    """The `model` setting of every converting command (photos, video)."""
+    return setting(None, f"Exported model (.onnx). Default: ${MODEL_ENV}, then {DEFAULT_MODEL}.", flags=("-m", "--model"))
+
+
+def provider_setting():
+    """The `provider` setting of every converting command; provider_chain says what each name means."""
+    return setting("auto", "ONNX Runtime provider: auto (TensorRT if TOONIFY_FAST_TENSORRT=1, then CUDA, then CPU), "
+                           "tensorrt, cuda or cpu.")
+
+
+def batch_setting():
+    """The `batch_size` setting of every converting command."""
+    return setting(None, "Face crops per model run, across images or frames (default: 1 on CPU, 8 on a GPU).", min=1)
 
 
 class ModelError(ToonifyError):
@@ -108,8 +126,18 @@ def read_model_info(path: str | os.PathLike) -> ModelInfo:
 def _existing_model(path: str | os.PathLike) -> Path:
     path = Path(path)
     if not path.is_file():
-        raise ModelError("no such model file" if not path.exists() else "not a file", path, hint=BUILD_HINT,
-                         exit_code=2)
+        raise UsageError("no such model file" if not path.exists() else "not a file", path, hint=BUILD_HINT)
+    return path
+
+
+def find_model(model: str | os.PathLike | None) -> Path:
+    """--model, then $TOONIFY_FAST_MODEL, then exports/toonify.onnx (relative to the working folder)."""
+    env = os.environ.get(MODEL_ENV)
+    path = Path(model or env or DEFAULT_MODEL)
+    if not path.is_file():
+        source = ("--model" if model else f"${MODEL_ENV}" if env else
+                  f"the default when neither --model nor ${MODEL_ENV} is set")
+        raise UsageError(f"no such model file ({source})", path, hint=BUILD_HINT + ", then pass --model")
     return path
 
 
@@ -140,7 +168,7 @@ def provider_chain(provider: str) -> list[str]:
     chains = {"tensorrt": ["tensorrt", "cuda", "cpu"], "cuda": ["cuda", "cpu"], "cpu": ["cpu"],
               "auto": (["tensorrt"] if os.environ.get("TOONIFY_FAST_TENSORRT") == "1" else []) + ["cuda", "cpu"]}
     if provider not in chains:
-        raise ToonifyError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(chains)}", exit_code=2)
+        raise UsageError(f"unknown provider {provider!r}", hint=f"choose one of {', '.join(chains)}")
     return chains[provider]
 
 
@@ -167,9 +195,7 @@ def _cpu_options(threads: int):
     so.log_severity_level = 3
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     # One convolution at a time, each spread over every physical core: the student is a chain of
-    # big convolutions with no parallel branches worth an inter-op pool. On the 2-core development
-    # machine (idle), a 6-conv 256x256 net ran in 36 ms with 2 threads, 72 ms with 1, 47 ms with
-    # spinning off, 90 ms with ORT_PARALLEL.
+    # big convolutions with no parallel branches worth an inter-op pool (bench/runtime.py times it).
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
@@ -262,8 +288,7 @@ class Toonifier:
         self.session, self.fallbacks = _open_session(self.path, chain, _cpu_options(threads or physical_cores()))
         self.provider = SHORT_NAMES[self.session.get_providers()[0]]
         if self.fallbacks:
-            console.print(f"[yellow]note:[/yellow] running on {LABELS[self.provider]}, not {LABELS[chain[0]]}: "
-                          f"{escape(self.fallback_reason)}", soft_wrap=True)
+            note(f"running on {LABELS[self.provider]}, not {LABELS[chain[0]]}: {self.fallback_reason}")
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self._check_io()
         self.device = "cpu" if self.provider == "cpu" else "cuda"

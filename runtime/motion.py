@@ -6,18 +6,16 @@ slides within its crop.
     probe = FaceMotion()
     shift = probe(track_id, rgb_frame, params)    # [dx, dy] frame pixels since the track's last frame, or None
 
-dlib's landmarks wobble by about 0.5% of the crop side from frame to frame; a dancing face moves
-by several percent. Averaging the landmarks over time (a plain Gaussian) cannot remove the first
-without lagging behind the second. Phase correlation finds the face's translation regardless of
-the landmarks, to about a tenth of a pixel in sensor noise; refined, to under a hundredth (a face
-moving along a known path, tests/runtime/clips.py, lossless: 0.007 px a frame, against 0.13 px
-unrefined and 0.21 px for the landmarks; at crf 23, 0.07 px, nearly all of it H.264's
-quarter-pixel motion compensation moving the decoded face off the path, which the crop should
-follow). Smoothing follows it exactly and averages only what it does not explain
+dlib's landmarks wobble from frame to frame by a fraction of what a dancing face moves.
+Averaging the landmarks over time (a plain Gaussian) cannot remove the first without lagging
+behind the second. Phase correlation finds the face's translation regardless of the landmarks;
+refined, far more precisely than the landmarks place the face (tests/runtime/test_motion.py and
+bench/video.py measure both against a face moving along a known path, runtime.stability).
+Smoothing follows it exactly and averages only what it does not explain
 (runtime.tracking.GaussianWindow, OneEuroSmoother), so the crop's own jitter is the
-measurement's: on that known path, losslessly, 0.01% of the crop side a frame. The tracker moves
-dlib's landmark box by it before placing the landmarks (runtime.tracking.FaceTracker), and
-CropSlip, the report's measure of how far the face slides within its crop, uses it too.
+measurement's. The tracker moves dlib's landmark box by it before placing the landmarks
+(runtime.tracking.FaceTracker), and CropSlip, the report's measure of how far the face slides
+within its crop, uses it too.
 """
 from __future__ import annotations
 
@@ -92,8 +90,8 @@ def refine(before: np.ndarray, rgb: np.ndarray, at: np.ndarray, shift: np.ndarra
     `shift` a first estimate ([dx, dy] frame pixels, from phase_shift); returns the shift that best
     matches the face region of `rgb` (the next frame) to `before`, by least squares on the
     brightness gradient (Hann-weighted, brightness offset removed). Phase correlation weighs every
-    frequency alike, the noisy high ones too; this weighs each pixel by its gradient, and cuts the
-    error of a step from 0.13 to 0.007 px on a face in sensor noise (tests/runtime/clips.py)."""
+    frequency alike, the noisy high ones too; this weighs each pixel by its gradient, which cuts the
+    error of a step many times on a face in sensor noise (runtime.stability, tests/runtime/test_motion.py)."""
     gy, gx = np.gradient(before)
     weights = _window(before.shape[0])
     g = np.stack([gx, gy])
@@ -158,7 +156,7 @@ class FaceMotion:
         if last is not None:
             at = last[1]
             landmarks = np.asarray(params[:2], np.float64) - at[:2]
-            # dlib's landmarks wobble by ~0.5% of the crop side: far more disagreement means the
+            # dlib's landmarks wobble by far less than this: more disagreement means the
             # pixels matched something else (background, a hand), or the landmarks jumped faces.
             reliable = pixels is not None and np.hypot(*(pixels - landmarks)) <= MAX_DISAGREE * 2 * math.exp(at[2])
             shift = pixels if reliable else landmarks

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import glob
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -18,13 +17,12 @@ from pathlib import Path
 import numpy as np
 from rich.markup import escape
 
-from runtime.common import ToonifyError, console, progress
-from runtime.engine import BUILD_HINT, ModelError, Toonifier
+from runtime.common import ToonifyError, UsageError, console, note, progress
+from runtime.engine import Toonifier, batch_setting, find_model, model_setting, provider_setting
 from runtime.faces import Face, FaceAligner, align, paste_back
-from runtime.images import MAX_PIXELS, read_image, resize, write_image
+from runtime.images import IMAGE_SUFFIXES, MAX_PIXELS, list_images, read_image, resize, write_image
+from runtime.options import setting
 
-DEFAULT_MODEL = Path("exports") / "toonify.onnx"
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 # Our own outputs (photo_toon.png, photo_toon_0.png): skipped when a folder is converted again.
 OUTPUT_NAME = re.compile(r"_toon(_\d+)?$")
 PROGRESS_FROM = 4     # a bar is noise for a few images
@@ -32,15 +30,21 @@ PROGRESS_FROM = 4     # a bar is noise for a few images
 
 @dataclass(frozen=True)
 class ConvertConfig:
-    inputs: tuple[str, ...]                 # files, folders (their images, sorted) and glob patterns
-    output: Path | None = None              # a file (one input) or a folder; None: beside each input
-    model: Path | None = None               # None: $TOONIFY_FAST_MODEL, then exports/toonify.onnx
-    provider: str = "auto"
-    batch_size: int | None = None           # faces per model run (None: the engine's default)
-    max_faces: int | None = None            # largest first; None: every face
-    crop: bool = False                      # write the aligned toon faces instead of the whole photo
-    align: bool = True                      # False: each input is already an aligned face
-    max_pixels: int = MAX_PIXELS
+    inputs: tuple[str, ...] = setting(
+        help="Images, folders (their images, sorted) or glob patterns such as 'shots/*.jpg'.", metavar="IMAGE")
+    output: Path | None = setting(
+        None, "Output file (one input) or folder. Default: IMAGE_toon.png beside each image.")
+    model: Path | None = model_setting()
+    provider: str = provider_setting()
+    batch_size: int | None = batch_setting()
+    max_faces: int | None = setting(None, "Convert at most this many faces per image, largest first (default: all).",
+                                    min=1)
+    crop: bool = setting(False, "Write the aligned toon faces (IMAGE_toon_0.png, _1, ...) instead of the whole photo.")
+    align: bool = setting(True, "Find and align the faces (--no-align: each image is already an aligned face: "
+                                "resize it to the model resolution, convert, resize back).")
+    max_pixels: int = setting(MAX_PIXELS, "Refuse images with more megapixels than this (decompression bombs).",
+                              flags=("--max-megapixels",), cli=float, min=0.001, shown=lambda v: v / 1e6,
+                              parse=lambda v: int(v * 1e6))
 
 
 @dataclass
@@ -52,16 +56,6 @@ class ConvertSummary:
     outputs: list[Path] = field(default_factory=list)
 
 
-def find_model(model: Path | None) -> Path:
-    """--model, then $TOONIFY_FAST_MODEL, then exports/toonify.onnx (relative to the working folder)."""
-    env = os.environ.get("TOONIFY_FAST_MODEL")
-    path = model or Path(env or DEFAULT_MODEL)
-    if not path.is_file():
-        source = "--model" if model else "$TOONIFY_FAST_MODEL" if env else "the default when neither --model nor $TOONIFY_FAST_MODEL is set"
-        raise ModelError(f"no such model file ({source})", path, hint=BUILD_HINT + ", then pass --model", exit_code=2)
-    return path
-
-
 def expand_inputs(args: tuple[str, ...] | list[str]) -> list[Path]:
     """Files as given, folders as their images (sorted, our own *_toon outputs skipped), globs as
     their sorted matches; duplicates dropped. A missing path or an empty match is a usage error."""
@@ -71,24 +65,22 @@ def expand_inputs(args: tuple[str, ...] | list[str]) -> list[Path]:
         if not path.exists() and glob.has_magic(arg):
             matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
             if not matches:
-                raise ToonifyError(f"no file matches {arg!r}", exit_code=2)
+                raise UsageError(f"no file matches {arg!r}")
             found += [m for m in matches if m.is_file()] + [i for m in matches if m.is_dir() for i in _folder_images(m)]
         elif path.is_dir():
             images = _folder_images(path)
             if not images:
-                raise ToonifyError("no images in this folder", path, hint=f"images end in {', '.join(sorted(IMAGE_SUFFIXES))}",
-                                   exit_code=2)
+                raise UsageError("no images in this folder", path, hint=f"images end in {', '.join(IMAGE_SUFFIXES)}")
             found += images
         elif path.exists():
             found.append(path)
         else:
-            raise ToonifyError("no such file or folder", path, exit_code=2)
+            raise UsageError("no such file or folder", path)
     return list(dict.fromkeys(found))
 
 
 def _folder_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir()
-                  if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not OUTPUT_NAME.search(p.stem))
+    return [p for p in list_images(folder)[0] if not OUTPUT_NAME.search(p.stem)]
 
 
 def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
@@ -96,8 +88,8 @@ def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
     itself (one input). Refuses, as usage errors, to overwrite an input or to write two inputs to one file."""
     if output is not None and not output.is_dir() and output.suffix:
         if len(inputs) > 1:
-            raise ToonifyError(f"-o names one file but there are {len(inputs)} inputs", output,
-                               hint="give a folder to -o (it is created if missing)", exit_code=2)
+            raise UsageError(f"-o names one file but there are {len(inputs)} inputs", output,
+                             hint="give a folder to -o (it is created if missing)")
         dests = [output]
     else:
         dests = [(output or p.parent) / f"{p.stem}_toon.png" for p in inputs]
@@ -105,12 +97,11 @@ def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
     sources = {p.resolve(): p for p in inputs}
     for dest, r in zip(dests, resolved):
         if r in sources:
-            raise ToonifyError(f"the output would overwrite the input {sources[r]}", dest,
-                               hint="choose another -o", exit_code=2)
+            raise UsageError(f"the output would overwrite the input {sources[r]}", dest, hint="choose another -o")
         if resolved.count(r) > 1:
             clash = [str(p) for p, d in zip(inputs, resolved) if d == r]
-            raise ToonifyError(f"{' and '.join(clash)} would both be written here", dest,
-                               hint="convert them separately or rename one", exit_code=2)
+            raise UsageError(f"{' and '.join(clash)} would both be written here", dest,
+                             hint="convert them separately or rename one")
     return dests
 
 
@@ -210,7 +201,7 @@ class _Converter:
 
     def fail(self, error: ToonifyError) -> None:
         self.summary.failed += 1
-        console.print(f"[red]error:[/red] {escape(str(error))}", soft_wrap=True)
+        note(str(error), "error")
 
 
 def convert_photos(cfg: ConvertConfig) -> ConvertSummary:
@@ -222,7 +213,7 @@ def convert_photos(cfg: ConvertConfig) -> ConvertSummary:
     start = time.perf_counter()
     inputs = expand_inputs(cfg.inputs)
     if not inputs:
-        raise ToonifyError("no input images", hint="toonify-fast IMAGE... (files, folders or globs)", exit_code=2)
+        raise UsageError("no input images", hint="toonify-fast IMAGE... (files, folders or globs)")
     dests = plan_outputs(inputs, cfg.output)
     toonifier = Toonifier(find_model(cfg.model), cfg.provider, batch_size=cfg.batch_size)
     summary = ConvertSummary()

@@ -23,7 +23,6 @@ import numpy as np
 from runtime.faces import Face, FaceAligner, ffhq_quad
 from runtime.motion import FaceMotion
 
-DETECT_SIDE = 640        # detection runs on frames scaled so their longer side is at most this
 CUT_CHANGE = 20.0        # mean change (0-255) of a 64 px wide thumbnail that marks a scene cut
 IDLE_EVERY = 5           # frames between detections while no face is followed (and no cut)
 FINE_EVERY = 30          # frames between fine (upsampled) detections at the least: 1 s at 30 fps
@@ -212,12 +211,12 @@ def _iou(a, b) -> float:
 class FaceTracker:
     """Faces followed from frame to frame. In between detections the previous frame's landmarks,
     moved by the face's motion measured from its pixels (runtime.motion), give the box for this
-    frame's (~1 ms a face; unmoved, dlib's landmarks lag a fast face, and jump where it moves
-    by several percent of its size in a frame). `shifts` holds each returned face's motion since
+    frame's (cheap next to a detection; unmoved, dlib's landmarks lag a fast face, and jump where
+    it moves by several percent of its size in a frame). `shifts` holds each returned face's motion since
     the previous frame (FaceMotion: the pixels', or the landmarks' where the two disagree; None
-    for a new face), which guides smoothing. Detection (on a copy at most DETECT_SIDE px) is
-    coarse, dlib's HOG without upsampling (~18 ms at 640x360, faces from about 80 px in the copy),
-    or fine, with one upsample (~75 ms, from about 40 px). A coarse one runs every `every` frames
+    for a new face), which guides smoothing. Detection (on a copy at most faces.VIDEO_DETECT_SIDE
+    px) is coarse, dlib's HOG without upsampling (faces from about 80 px in the copy), or fine, with
+    one upsample (several times the cost, faces from about 40 px; bench/video.py times both). A coarse one runs every `every` frames
     while faces are followed, every IDLE_EVERY frames while none is, at scene cuts and whenever a
     face's landmarks jump. When it finds nothing while no face is followed, a fine one follows at
     a cut and at most every FINE_EVERY frames otherwise; a followed face it misses (a small one)
@@ -235,8 +234,7 @@ class FaceTracker:
     def __call__(self, rgb: np.ndarray) -> list[tuple[int, np.ndarray]]:
         """[H, W, 3] uint8 RGB -> [(track id, FFHQ quad [4, 2] float32)], largest face first."""
         if self.coarse is None:
-            scale = min(1.0, DETECT_SIDE / max(rgb.shape[:2]))
-            self.coarse, self.fine = FaceAligner(scale, upsample=0), FaceAligner(scale, upsample=1)
+            self.coarse, self.fine = FaceAligner.for_frames(rgb.shape, 0), FaceAligner.for_frames(rgb.shape, 1)
         # After a cut the predictor would still place landmarks where the face was: detect instead.
         step = max(1, rgb.shape[1] // 64)
         thumbnail, previous = rgb[::step, ::step].mean(axis=2), self.thumbnail

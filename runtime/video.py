@@ -24,18 +24,19 @@ import time
 from collections import defaultdict, deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
-from runtime.common import atomic_path, console, progress, write_json_atomic
-from runtime.engine import Toonifier, physical_cores
+from runtime.common import UsageError, atomic_path, console, progress, write_json_atomic
+from runtime.engine import Toonifier, batch_setting, find_model, model_setting, physical_cores, provider_setting
 from runtime.faces import FaceAligner, align, paste_back
 from runtime.motion import CropSlip
 from runtime.tracking import (CropMotion, CropOffset, FaceTracker, GaussianWindow, OneEuroSmoother, params_quad,
                               quad_params)
+from runtime.options import setting
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoReader, VideoWriter, atomic_dir
 
 QUEUE_FRAMES = 16        # frames in flight between two pipeline stages
@@ -43,29 +44,35 @@ QUEUE_FRAMES = 16        # frames in flight between two pipeline stages
 
 @dataclass(frozen=True)
 class VideoConfig:
-    input: Path                     # a video file FFmpeg reads, or a folder of frames
-    output: Path                    # a video file (container from its extension) or a folder
-    model: Path
-    provider: str = "auto"
-    batch_size: int | None = None   # face crops per inference run (None: the engine's default)
-    threads: int | None = None      # ONNX Runtime threads per run on CPU (None: 1, one run per core at a time)
-    start: float | None = None      # seconds from the start of the clip
-    end: float | None = None
-    max_frames: int | None = None
-    crop: bool = False              # write only the aligned toon face: a square video at the model resolution
-    live: bool = False              # causal One Euro smoothing instead of the Gaussian with lookahead
-    guided: bool = True             # smoothing follows the face's motion measured from its pixels (runtime.motion)
-    codec: str = "libx264"
-    crf: int = 18
-    # Offline smoothing width, frames. Guided, a wider window costs no lag (the motion is followed,
-    # only the landmarks' residual is averaged): on a face moving along a known path (bench/video.py)
-    # sigma 6 cuts the crop centre's jitter against the truth 25x (3: 17x, 10: 27x). On the shared
-    # clip it cuts how far the face slides within its crop 4.3x (3: 2.8x) and the crop scale's
-    # frame-to-frame change 6.6x, keeping the crop centre 0.5% of the crop side from the raw one.
-    # A lookahead of 3 sigma frames is held in memory.
-    sigma: float = 6.0
-    detect_every: int = 5           # a detection every this many frames while faces are followed (see FaceTracker)
-    report: Path | None = None
+    input: Path = setting(help="A video file (any format FFmpeg reads) or a folder of frames (converted in name "
+                               "order).", metavar="SOURCE")
+    output: Path | None = setting(
+        None, "Output video (.mp4, .mkv, .mov, .webm: the extension picks the container) or folder. "
+              "Default: SOURCE_toon.mp4, or the folder SOURCE_toon for frames.")
+    model: Path | None = model_setting()
+    provider: str = provider_setting()
+    batch_size: int | None = batch_setting()
+    # ONNX Runtime threads per run on CPU (None: 1, one run per core at a time; see _engine).
+    threads: int | None = setting(None, cli=False)
+    start: float | None = setting(None, "Start this many seconds into the clip.", min=0)
+    end: float | None = setting(None, "Stop this many seconds into the clip.", min=0)
+    max_frames: int | None = setting(None, "Convert at most this many frames.", min=1)
+    crop: bool = setting(False, "Write only the aligned toon face: a square video at the model resolution.")
+    live: bool = setting(False, "Smooth the crop with a causal One Euro filter (as a webcam needs) instead of a "
+                                "Gaussian over the frames before and after.")
+    guided: bool = setting(True, "Let the smoothing follow the face's motion measured from its pixels, so only "
+                                 "landmark wobble is averaged away (--no-guide: average the landmarks alone, which "
+                                 "lags a moving face).", flags=("--guide/--no-guide",))
+    codec: str = setting("libx264", "Video encoder (FFmpeg name).")
+    crf: int = setting(18, "Constant rate factor for x264/x265/VPx/AV1: lower is better and bigger.", min=0, max=63)
+    # Guided, a wider window costs no lag (the motion is followed, only the landmarks' residual is
+    # averaged); bench/video.py measures the jitter of each width against a known path.
+    sigma: float = setting(6.0, "Width of the offline smoothing, in frames (0: none). Wider averages more landmark "
+                                "wobble away and holds 3 sigma frames in memory.", min=0)
+    detect_every: int = setting(5, cli=False)     # a detection every this many frames while faces are followed
+    report: Path | None = setting(
+        None, "Write a JSON report: faces per frame, crop jitter with and without smoothing (how far the face "
+              "slides within its crop, and the crop's own motion), face-region change of input and output.")
 
 
 _END = object()
@@ -129,7 +136,7 @@ class _Stages:
 
 
 @dataclass
-class _Motion:
+class CropMeasures:
     """The crops' motion before and after smoothing, how far smoothing moved them, and (when
     `slip`) how far the face slides within them (the report's crop_motion)."""
     slip: bool = False
@@ -146,7 +153,7 @@ def _centre_params(image: np.ndarray) -> np.ndarray:
     return np.array([(w - 1) / 2, (h - 1) / 2, math.log(min(h, w) / 2), 0.0])
 
 
-def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> Iterator[tuple[Frame, list[np.ndarray]]]:
+def smoothed_quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: CropMeasures) -> Iterator[tuple[Frame, list[np.ndarray]]]:
     """Frames with their smoothed FFHQ quads, largest face first (--crop: exactly one quad, the
     largest face's, else the last one seen). `motion` measures the crops before and after smoothing."""
     smoother = OneEuroSmoother(float(source.rate or 30)) if cfg.live else GaussianWindow(cfg.sigma)
@@ -185,7 +192,16 @@ def _quads(source, cfg: VideoConfig, tracker: FaceTracker, motion: _Motion) -> I
         yield finish(*pending.popleft())
 
 
-class _Stats:
+def crop_track(cfg: VideoConfig) -> dict[int, np.ndarray]:
+    """The crop the video path uses on each frame of cfg.input (its largest face), as quad_params
+    [cx, cy, log half-side, angle], by frame index: decoding, tracking and smoothing as configured.
+    What tests and bench/video.py judge the smoothing by."""
+    source = VideoReader(cfg.input) if not cfg.input.is_dir() else FolderReader(cfg.input)
+    return {frame.index: quad_params(quads[0])
+            for frame, quads in smoothed_quads(source, cfg, FaceTracker(cfg.detect_every), CropMeasures()) if quads}
+
+
+class FrameStats:
     """Per-frame face counts and, for the report, how much the face region changes between
     consecutive frames in the input and in the output (mean absolute difference, 0-255)."""
 
@@ -208,7 +224,7 @@ class _Stats:
         self.previous = before, out
 
 
-def _run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats: _Stats, crop: bool,
+def run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats: FrameStats, crop: bool,
                 advance) -> dict[str, float]:
     """decode + track + align -> batched inference -> paste back + encode: one thread each, and
     `workers` inference runs at a time. Returns the seconds each kind of work was busy."""
@@ -290,32 +306,30 @@ def _is_folder(path: Path) -> bool:
 def _open_source(cfg: VideoConfig):
     """Check the paths and options before any work; returns the frame reader."""
     if not cfg.input.exists():
-        raise VideoError("no such file or folder", cfg.input, exit_code=2)
+        raise UsageError("no such file or folder", cfg.input)
     if cfg.output.resolve() == cfg.input.resolve():
-        raise VideoError("the output would overwrite the input", cfg.output, hint="choose another -o", exit_code=2)
+        raise UsageError("the output would overwrite the input", cfg.output, hint="choose another -o")
     out_folder = _is_folder(cfg.output)
     if out_folder and cfg.output.exists() and (not cfg.output.is_dir() or any(cfg.output.iterdir())):
-        raise VideoError("the output folder exists and is not empty", cfg.output,
-                         hint="choose a new -o folder, or remove this one first", exit_code=2)
+        raise UsageError("the output folder exists and is not empty", cfg.output,
+                         hint="choose a new -o folder, or remove this one first")
     if cfg.start is not None and cfg.end is not None and cfg.end <= cfg.start:
-        raise VideoError(f"--end {cfg.end} is not after --start {cfg.start}", exit_code=2)
+        raise UsageError(f"--end {cfg.end} is not after --start {cfg.start}")
     if cfg.input.is_dir():
         if not out_folder:
-            raise VideoError("a folder of frames converts to a folder of frames", cfg.output,
-                             hint="give -o a folder (making a video from frames needs a frame rate: use ffmpeg)",
-                             exit_code=2)
+            raise UsageError("a folder of frames converts to a folder of frames", cfg.output,
+                             hint="give -o a folder (making a video from frames needs a frame rate: use ffmpeg)")
         if cfg.start is not None or cfg.end is not None:
-            raise VideoError("--start and --end are times in a video; a folder has none", cfg.input,
-                             hint="use --max-frames", exit_code=2)
+            raise UsageError("--start and --end are times in a video; a folder has none", cfg.input,
+                             hint="use --max-frames")
         return FolderReader(cfg.input, cfg.max_frames)
     return VideoReader(cfg.input, cfg.start, cfg.end, cfg.max_frames)
 
 
 def _engine(cfg: VideoConfig) -> tuple[Toonifier, int]:
     """The engine, and how many of its runs go at once: on CPU one per `cfg.threads` physical cores.
-    Single-threaded runs side by side beat one run spread over the cores: on the 2-core machine,
-    27-30 ms a 256 px `lite` crop against 34-37 ms alone, and the shared clip converts in 8.3 s
-    against 11.2 s, since the other stages stall a multi-threaded run at its every synchronisation."""
+    Single-threaded runs side by side beat one run spread over the cores, since the other stages
+    stall a multi-threaded run at its every synchronisation (bench/video.py measures both)."""
     threads = cfg.threads or 1
     toonifier = Toonifier(cfg.model, cfg.provider, threads=threads, batch_size=cfg.batch_size)
     return toonifier, max(1, physical_cores() // threads) if toonifier.device == "cpu" else 1
@@ -323,16 +337,18 @@ def _engine(cfg: VideoConfig) -> tuple[Toonifier, int]:
 
 def convert_video(cfg: VideoConfig) -> dict:
     """Toonify a video file or a folder of frames (see the module docstring); returns the report
-    (also written to cfg.report when set). Raises VideoError/ToonifyError for bad input."""
+    (also written to cfg.report when set). cfg.output None: default_output(cfg.input); cfg.model
+    None: engine.find_model's default. Raises UsageError, VideoError or ToonifyError for bad input."""
     started = time.perf_counter()
+    cfg = replace(cfg, model=find_model(cfg.model), output=cfg.output or default_output(cfg.input))
     source = _open_source(cfg)
     toonifier, workers = _engine(cfg)
     if toonifier.info.alignment != "ffhq":
-        raise VideoError(f"this model converts whole images (alignment {toonifier.info.alignment!r}); video "
-                         "conversion follows faces and needs an FFHQ-aligned face model", cfg.model, exit_code=2)
+        raise UsageError(f"this model converts whole images (alignment {toonifier.info.alignment!r}); video "
+                         "conversion follows faces and needs an FFHQ-aligned face model", cfg.model)
     FaceAligner()            # loads dlib's models (~0.6 s, once a process) here, to report it as setup
     setup = time.perf_counter() - started
-    tracker, motion, stats = FaceTracker(cfg.detect_every), _Motion(slip=cfg.report is not None), _Stats(measure=cfg.report is not None)
+    tracker, motion, stats = FaceTracker(cfg.detect_every), CropMeasures(slip=cfg.report is not None), FrameStats(measure=cfg.report is not None)
     folder = _is_folder(cfg.output)
     with (
         (atomic_dir(cfg.output) if folder else atomic_path(cfg.output)) as dest,
@@ -340,7 +356,7 @@ def convert_video(cfg: VideoConfig) -> dict:
         progress("frames") as bar,
     ):
         task = bar.add_task("toonifying", total=source.frames_hint)
-        busy = _run_stages(_quads(source, cfg, tracker, motion), toonifier, workers, sink, stats, cfg.crop,
+        busy = run_stages(smoothed_quads(source, cfg, tracker, motion), toonifier, workers, sink, stats, cfg.crop,
                            lambda: bar.advance(task))
         if not stats.faces:
             trimmed = cfg.start is not None or cfg.end is not None
@@ -362,8 +378,8 @@ def ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceTracker, stats: _Stats,
-            motion: _Motion, seconds: float, setup: float, busy: dict[str, float]) -> dict:
+def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceTracker, stats: FrameStats,
+            motion: CropMeasures, seconds: float, setup: float, busy: dict[str, float]) -> dict:
     before = {**motion.raw.summary(), "slip": motion.raw_slip.summary()}
     after = {**motion.smooth.summary(), "slip": motion.smooth_slip.summary()}
     mean = {k: (float(np.mean(v)) if v else None) for k, v in stats.change.items()}

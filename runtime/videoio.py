@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -21,15 +20,14 @@ from typing import Iterator
 import av
 import numpy as np
 
-from runtime.common import UMASK, ToonifyError, console
-from runtime.images import ImageError, read_image, write_image
-from runtime.photos import IMAGE_SUFFIXES
+from runtime.common import UMASK, ToonifyError, UsageError, note
+from runtime.images import IMAGE_SUFFIXES, ImageError, list_images, natural_key, read_image, write_image
 
 CRF_CODECS = {"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1"}
-# x264/x265's "medium" costs 2.5x the CPU of "veryfast" for a slightly smaller file at the same
-# crf; that CPU is taken from the model running beside the encoder. For x264, "superfast" with
-# veryfast's macroblock tree and 10-frame lookahead put back costs 0.55 core-s on the shared clip's
-# toon output where veryfast costs 0.95, for a file 8% larger (plain superfast: 60% larger).
+# x264/x265's "medium" costs several times the CPU of "veryfast" for a slightly smaller file at
+# the same crf, and that CPU is taken from the model running beside the encoder. For x264,
+# "superfast" with veryfast's macroblock tree and 10-frame lookahead put back keeps most of
+# veryfast's compression for much less CPU (bench/video.py measures the whole path).
 ENCODER_OPTIONS = {"libx264": {"preset": "superfast", "x264-params": "mbtree=1:rc-lookahead=10"},
                    "libx265": {"preset": "veryfast"}}
 
@@ -100,19 +98,13 @@ class VideoReader:
                     yield Frame(index, f.to_ndarray(format="rgb24"), pts)
                     index += 1
             except av.FFmpegError as e:
-                console.print(f"[yellow]warning:[/yellow] {self.path}: the video stream is corrupt after frame "
-                              f"{index} ({e.strerror or e})" + (f"; converting the {index} frames before it"
-                                                                 if index else ""))
+                note(f"{self.path}: the video stream is corrupt after frame {index} ({e.strerror or e})"
+                     + (f"; converting the {index} frames before it" if index else ""), "warning")
                 return
             if not self.shifted and self.last == math.inf and index < s.frames:
                 # Frame threading hides the decoder's error at a cut: the stream just ends early.
-                console.print(f"[yellow]warning:[/yellow] {self.path}: the video stream ends after {index} of "
-                              f"the {s.frames} frames its header announces (a truncated file?); converting "
-                              f"those {index}")
-
-
-def _natural_key(path: Path):
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+                note(f"{self.path}: the video stream ends after {index} of the {s.frames} frames its header "
+                     f"announces (a truncated file?); converting those {index}", "warning")
 
 
 class FolderReader:
@@ -122,15 +114,14 @@ class FolderReader:
 
     def __init__(self, folder: Path, max_frames: int | None = None):
         self.path = folder
-        entries = sorted(folder.iterdir(), key=_natural_key)
-        self.paths = [p for p in entries if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
-        others = [p.name for p in entries if p not in self.paths]
+        self.paths, others = list_images(folder, key=natural_key)
         if not self.paths:
             raise VideoError("no image files in this folder", folder,
-                             hint=f"frames are {', '.join(sorted(IMAGE_SUFFIXES))} files, read in name order")
+                             hint=f"frames are {', '.join(IMAGE_SUFFIXES)} files, read in name order")
         if others:
-            console.print(f"[yellow]warning:[/yellow] {folder}: skipping {len(others)} entries that are not "
-                          "images: " + ", ".join(others[:8]) + (", ..." if len(others) > 8 else ""))
+            names = [p.name for p in others]
+            note(f"{folder}: skipping {len(names)} entries that are not images: " + ", ".join(names[:8])
+                 + (", ..." if len(names) > 8 else ""), "warning")
         self.paths = self.paths[:max_frames]
         self.frames_hint, self.unreadable = len(self.paths), set()
 
@@ -142,7 +133,7 @@ class FolderReader:
             try:
                 rgb, alpha = read_image(path)
             except ImageError as e:
-                console.print(f"[yellow]warning:[/yellow] skipped {e}")
+                note(f"skipped {e}", "warning")
                 self.unreadable.add(path)
                 continue
             yield Frame(index, rgb, name=path.name, alpha=alpha)
@@ -178,26 +169,25 @@ class VideoWriter:
         try:
             codec = av.Codec(self.codec, "w")
         except (av.FFmpegError, ValueError):
-            raise VideoError(f"unknown video encoder {self.codec!r}",
-                             hint="try libx264 (the default), libx265, libvpx-vp9 or mpeg4", exit_code=2) from None
+            raise UsageError(f"unknown video encoder {self.codec!r}",
+                             hint="try libx264 (the default), libx265, libvpx-vp9 or mpeg4") from None
         formats = [f.name for f in codec.video_formats or []]
         # 4:2:0 chroma (what players expect) halves both dimensions, so they must be even.
         yuv420 = not formats or "yuv420p" in formats
         self.pad = (height % 2, width % 2) if yuv420 else (0, 0)
         if any(self.pad):
-            console.print(f"[yellow]note:[/yellow] {self.reader.path}: {width}x{height} frames; {codec.name} needs "
-                          f"even sizes, so the output is {width + self.pad[1]}x{height + self.pad[0]} "
-                          "(the last row/column repeated)")
+            note(f"{self.reader.path}: {width}x{height} frames; {codec.name} needs even sizes, so the output is "
+                 f"{width + self.pad[1]}x{height + self.pad[0]} (the last row/column repeated)")
         options = {"crf": str(self.crf)} if codec.name in CRF_CODECS else {}
         options.update(ENCODER_OPTIONS.get(codec.name, {}))
         try:
             self.video = self.out.add_stream(codec.name, rate=self.reader.rate, options=options)
         except ValueError as e:
-            raise VideoError(str(e), self.output, hint="pick a --codec the container holds: libx264 for "
-                             ".mp4/.mkv/.mov, libvpx-vp9 for .webm", exit_code=2) from None
+            raise UsageError(str(e), self.output, hint="pick a --codec the container holds: libx264 for "
+                             ".mp4/.mkv/.mov, libvpx-vp9 for .webm") from None
         if codec.name == "libx264":
             # One thread: the pipeline keeps every core busy already, and x264's frame threads
-            # spend ~20% more CPU on the same frames (1.2 against 1.0 core-s on the shared clip).
+            # spend more CPU on the same frames.
             self.video.codec_context.thread_count = 1
         self.video.width, self.video.height = width + self.pad[1], height + self.pad[0]
         self.video.pix_fmt = "yuv420p" if yuv420 else formats[0]
@@ -215,8 +205,7 @@ class VideoWriter:
             codec = av.Codec(self.out.default_audio_codec, "w")
             rate = src.rate if not codec.audio_rates or src.rate in codec.audio_rates else max(codec.audio_rates)
             self.audio = self.out.add_stream(codec.name, rate=rate)
-            console.print(f"[yellow]note:[/yellow] {self.output.suffix} files cannot hold "
-                          f"{src.codec_context.name} audio: re-encoding it as {codec.name}")
+            note(f"{self.output.suffix} files cannot hold {src.codec_context.name} audio: re-encoding it as {codec.name}")
         if self.reader.shifted:
             self.audio_in.seek(int(self.reader.first * av.time_base))
         self.audio_shift = round(self.reader.first / src.time_base) if self.reader.shifted else 0

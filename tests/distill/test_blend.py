@@ -11,8 +11,9 @@ from distill.blend import (BlendConfig, BlendError, blend_generators, blend_stat
                            layer_weights, parse_block_weights)
 from distill.checkpoint import file_sha256, load_generator, read_metadata
 from distill.cli import app
+from runtime.common import UsageError
 from tests.conftest import FIXTURES
-from tests.distill.teachers import BASE, make_toon
+from tests.helpers import BASE, make_toon
 
 TOY_KEYS = ["synthesis.b4.const", "synthesis.b4.conv1.weight", "synthesis.b4.conv1.noise_const",
             "synthesis.b8.conv0.affine.bias", "synthesis.b8.conv0.noise_const", "synthesis.b16.conv1.noise_strength",
@@ -147,7 +148,7 @@ def test_cli_blend_writes_a_loadable_safetensors_with_provenance(teachers, tmp_p
 def test_cli_blend_refuses_a_bad_output_name(teachers, tmp_path):
     result = CliRunner().invoke(app, ["blend", "--base", str(BASE), "--toon", str(teachers[2]),
                                       "-o", str(tmp_path / "blended.pkl")])
-    assert isinstance(result.exception, BlendError)
+    assert isinstance(result.exception, UsageError)
     assert str(result.exception) == (f"{tmp_path / 'blended.pkl'}: the blended model is written as .safetensors\n"
                                      "  hint: use -o blended.safetensors")
     assert not (tmp_path / "blended.pkl").exists()

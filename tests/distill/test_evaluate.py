@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from distill.cli import app
 from distill.evaluate import evaluate_student, psnr, ssim
 from distill.train import TrainConfig, train
-from tests.distill.test_train import make_pair_folder
+from tests.helpers import make_pair_folder
 
 C1, C2 = 0.01 ** 2, 0.03 ** 2
 
@@ -88,7 +88,7 @@ def test_evaluate_student_scores_student_and_identity(tmp_path):
 
 def test_eval_command_writes_a_json_report(tmp_path):
     pairs = make_pair_folder(tmp_path / "pairs", count=4, val=3)
-    run = train(TrainConfig(pairs=pairs, out=tmp_path / "runs", res=32, steps=1, gan=False, vgg=False, l1_weight=1.0,
+    run = train(TrainConfig(pairs=pairs, output=tmp_path / "runs", res=32, steps=1, gan=False, vgg=False, l1_weight=1.0,
                             workers=0)).run_dir
     out = tmp_path / "report.json"
     result = CliRunner().invoke(app, ["eval", "--student", str(run / "student-ema.pt"), "--pairs",

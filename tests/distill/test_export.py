@@ -1,5 +1,4 @@
 import re
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +9,8 @@ import torch
 from distill import export as export_module
 from distill.export import ExportConfig, ExportError, export_student
 from distill.quantize import QuantizeError
-from distill.runs import StudentFileError, load_student, save_student
+from runtime.common import UsageError
+from distill.runs import StudentFileError, StudentInfo, load_student, save_student
 from distill.translator import PRESETS, build_generator
 from runtime.engine import Toonifier, read_model_info
 from runtime.images import hwc_to_nchw, nchw_to_hwc
@@ -26,11 +26,9 @@ def student_file(tmp_path_factory) -> Path:
     with torch.no_grad():
         for p in G.parameters():
             p.add_(0.03 * torch.randn_like(p))
-    meta = {"student_config": asdict(PRESETS["lite"]), "preset": "lite", "resolution": RES,
-            "size_multiple": PRESETS["lite"].size_multiple,
-            "teacher_base_sha256": "a" * 64, "teacher_blended_sha256": "b" * 64}
+    info = StudentInfo(PRESETS["lite"], "lite", RES, teacher_base_sha256="a" * 64, teacher_blended_sha256="b" * 64)
     path = tmp_path_factory.mktemp("student") / "student-ema.pt"
-    save_student(G, path, meta)
+    save_student(G, path, info)
     return path
 
 
@@ -136,7 +134,7 @@ def test_parity_is_enforced(student_file, tmp_path, monkeypatch):
 
 
 def test_bad_arguments_are_named(student_file, tmp_path):
-    with pytest.raises(ExportError, match="the output must end in .onnx"):
+    with pytest.raises(UsageError, match="the output must end in .onnx"):
         export_student(ExportConfig(student=student_file, output=tmp_path / "x.pt"))
     with pytest.raises(StudentFileError, match="no such file"):
         export_student(ExportConfig(student=tmp_path / "missing.pt", output=tmp_path / "x.onnx"))
@@ -176,15 +174,15 @@ def test_int8_is_refused_below_the_quality_limit(student_file, photos_dir, tmp_p
 
 def test_int8_arguments_are_checked(student_file, photos_dir, tmp_path):
     out = tmp_path / "x.onnx"
-    with pytest.raises(QuantizeError, match="--int8 needs calibration images") as e:
+    with pytest.raises(UsageError, match="--int8 needs calibration images") as e:
         export_student(ExportConfig(student=student_file, output=out, int8=True))
     assert e.value.exit_code == 2
-    with pytest.raises(ExportError, match="--fp16 and --int8 exclude each other"):
+    with pytest.raises(UsageError, match="--fp16 and --int8 exclude each other"):
         export_student(ExportConfig(student=student_file, output=out, int8=True, fp16=True,
                                     calibration=(photos_dir,)))
-    with pytest.raises(QuantizeError, match="no such file or folder"):
+    with pytest.raises(UsageError, match="no such file or folder"):
         export_student(ExportConfig(student=student_file, output=out, int8=True, calibration=(tmp_path / "none",)))
-    with pytest.raises(QuantizeError, match=r"found 1 calibration image\(s\) in .*obama.jpg; at least 2 are needed"):
+    with pytest.raises(UsageError, match=r"found 1 calibration image\(s\) in .*obama.jpg; at least 2 are needed"):
         export_student(ExportConfig(student=student_file, output=out, int8=True,
                                     calibration=(photos_dir / "obama.jpg",)))
     assert not out.exists()
@@ -206,8 +204,8 @@ def test_stable_norms_fix_instance_norm_precision_on_image_like_activations(tmp_
               for name, m in (("plain", plain), ("stable", stable))}
     assert errors["plain"] > 1e-4 and errors["stable"] < 1e-6
     # The export tries the fast form first and the exact one where parity needs it.
-    data, parity, count = export_module._parity_checked(plain, norm, {"x": x}, 1e-4)
+    data, parity, count = export_module.parity_checked(plain, norm, {"x": x}, 1e-4)
     assert count == 1 and parity["x"] < 1e-4
     assert b"LayerNormalization" in data
-    data, parity, count = export_module._parity_checked(plain, norm, {"x": x - 10}, 1e-4)
+    data, parity, count = export_module.parity_checked(plain, norm, {"x": x - 10}, 1e-4)
     assert count == 0 and b"LayerNormalization" not in data

@@ -13,11 +13,12 @@ import distill.pairs as pairs
 from distill.blend import BlendConfig, blend_files
 from distill.checkpoint import file_sha256, load_generator
 from distill.cli import app
+from distill.device import resolve_device
 from distill.pairs import (PairsConfig, PairsError, generate_pairs, pair_latents, pair_seed, parse_seeds,
-                           read_manifest, resolve_device, resolve_shard, seed_latents)
-from runtime.common import ToonifyError
+                           read_manifest, resolve_shard, seed_latents)
+from runtime.common import ToonifyError, UsageError
 from runtime.images import nchw_to_hwc
-from tests.distill.teachers import BASE, make_toon
+from tests.helpers import BASE, make_toon
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def teachers(tmp_path_factory):
 
 
 def make(teachers, out, blended="blended", **kwargs) -> pairs.PairsSummary:
-    return generate_pairs(PairsConfig(base=BASE, blended=teachers[blended], out=out, device="cpu",
+    return generate_pairs(PairsConfig(base=BASE, blended=teachers[blended], output=out, device="cpu",
                                       **{"count": 5, **kwargs}))
 
 
@@ -46,9 +47,9 @@ def test_seeds_shards_and_per_pair_seeds():
         parse_seeds("3-1")
     assert resolve_shard("1/4", env={}) == (1, 4) and resolve_shard(None, env={}) == (0, 1)
     assert resolve_shard(None, env={"RANK": "2", "WORLD_SIZE": "3"}) == (2, 3)
-    with pytest.raises(PairsError, match="both split the work"):
+    with pytest.raises(UsageError, match="both split the work"):
         resolve_shard("0/2", env={"RANK": "0", "WORLD_SIZE": "2"})
-    with pytest.raises(PairsError, match="cannot read shard '2/2'"):
+    with pytest.raises(UsageError, match="cannot read shard '2/2'"):
         resolve_shard("2/2", env={})
     with pytest.raises(ToonifyError, match="unknown device 'gpu0'"):
         resolve_device("gpu0")

@@ -3,7 +3,6 @@ that reconstructs it, the blended model renders that latent, missing VGG weights
 a clear message, and the student is compared end to end on a real photo."""
 import json
 import math
-from dataclasses import asdict
 
 import numpy as np
 import pytest
@@ -17,12 +16,12 @@ from distill.export import ExportConfig, export_student
 from distill.losses import MissingWeightsError, find_vgg_weights
 from distill.pairs import seed_latents
 from distill.project import FeatureDistance, ProjectConfig, noise_maps, project_files, project_image
-from distill.runs import save_student
+from distill.runs import StudentInfo, save_student
 from distill.translator import PRESETS, build_generator
 from runtime.images import hwc_to_nchw, nchw_to_hwc, read_image, write_image
 from tests.conftest import PHOTOS
-from tests.distill.teachers import BASE, make_toon
-from tests.distill.test_losses import fake_vgg_state
+from tests.helpers import BASE, make_toon
+from tests.helpers import fake_vgg_state
 
 STEPS = 150
 
@@ -43,7 +42,7 @@ def test_projection_reconstructs_a_teacher_render(G, tmp_path):
         target = nchw_to_hwc(G.synthesis(ws, noise_mode="const").numpy())[0]
         mean_image = nchw_to_hwc(G.synthesis(G.mapping.w_avg.reshape(1, 1, -1).repeat(1, G.num_ws, 1)).numpy())[0]
     write_image(tmp_path / "seed1.png", target)
-    cfg = ProjectConfig(base=BASE, blended=BASE, images=(tmp_path / "seed1.png",), out=tmp_path / "out",
+    cfg = ProjectConfig(base=BASE, blended=BASE, images=(tmp_path / "seed1.png",), output=tmp_path / "out",
                         steps=STEPS, vgg=False, align=False, device="cpu")
     [result] = project_files(cfg)
 
@@ -65,7 +64,7 @@ def test_projection_reconstructs_a_teacher_render(G, tmp_path):
 def test_project_image_wplus_shapes_and_leaves_the_generator_alone(G):
     before = {k: v.clone() for k, v in noise_maps(G).items()}
     target = torch.zeros(1, 3, 32, 32)
-    cfg = ProjectConfig(base=BASE, blended=BASE, images=(), out=BASE.parent, steps=5, wplus=True, vgg=False)
+    cfg = ProjectConfig(base=BASE, blended=BASE, images=(), output=BASE.parent, steps=5, wplus=True, vgg=False)
     ws, noise = project_image(G, target, cfg)
     assert ws.shape == (1, G.num_ws, G.w_dim) and not ws.requires_grad
     assert not torch.equal(ws[0, 0], ws[0, -1])                     # w+: the layers moved apart
@@ -87,7 +86,7 @@ def test_perceptual_distance_with_local_vgg16_weights(G, tmp_path):
     assert float(distance(x, distance.features(x))) == 0
     # Unit-normalised features: each tap contributes at most 4 (two opposite unit vectors per position).
     assert 0 < float(distance(y, distance.features(x))) <= 4 * 5
-    cfg = ProjectConfig(base=BASE, blended=BASE, images=(), out=tmp_path, steps=3, vgg=True, vgg_weights=weights)
+    cfg = ProjectConfig(base=BASE, blended=BASE, images=(), output=tmp_path, steps=3, vgg=True, vgg_weights=weights)
     ws, _ = project_image(G, x, cfg, distance)
     assert torch.isfinite(ws).all()
 
@@ -114,9 +113,7 @@ def student_onnx(tmp_path_factory):
     """A random-init lite student at 32 px, exported as `distill export` does."""
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("student")
-    meta = {"student_config": asdict(PRESETS["lite"]), "preset": "lite", "resolution": 32,
-            "size_multiple": PRESETS["lite"].size_multiple}
-    save_student(build_generator("lite"), folder / "student.pt", meta)
+    save_student(build_generator("lite"), folder / "student.pt", StudentInfo(PRESETS["lite"], "lite", 32))
     export_student(ExportConfig(student=folder / "student.pt", output=folder / "student.onnx",
                                 parity_images=(PHOTOS / "obama.jpg",)))
     return folder / "student.onnx"

@@ -6,10 +6,10 @@ import onnxruntime as ort
 import pytest
 
 from runtime import engine
-from runtime.common import ToonifyError
+from runtime.common import ToonifyError, UsageError
 from runtime.engine import (EngineError, ModelError, ModelInfo, Toonifier, physical_cores, provider_chain,
                             read_model_info)
-from tests.runtime.models import EXPECTED, build_model
+from tests.helpers import EXPECTED, build_model
 
 
 def images(n, h=32, w=40, seed=0):
@@ -60,7 +60,7 @@ def test_bad_metadata_is_refused_naming_the_file(tmp_path, meta, reason):
 
 
 def test_missing_and_non_onnx_files(tmp_path):
-    with pytest.raises(ModelError) as e:
+    with pytest.raises(UsageError) as e:
         read_model_info(tmp_path / "none.onnx")
     assert e.value.reason == "no such model file" and e.value.exit_code == 2 and "make demo" in e.value.hint
     text = tmp_path / "notes.onnx"

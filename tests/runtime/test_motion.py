@@ -10,7 +10,7 @@ from PIL import Image
 from runtime.motion import PATCH, CropSlip, FaceMotion, face_patch, phase_shift, refine
 from runtime.tracking import GaussianWindow, OneEuroSmoother
 
-from tests.runtime.test_tracking import smooth_track
+from tests.helpers import smooth_track
 
 
 @pytest.fixture(scope="module")

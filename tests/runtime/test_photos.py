@@ -8,7 +8,7 @@ from runtime.engine import Toonifier
 from runtime.faces import FaceAligner, align, paste_back
 from runtime.images import read_image, write_image
 from runtime.photos import expand_inputs, plan_outputs, toonify_photo
-from tests.runtime.models import build_model
+from tests.helpers import build_model
 
 
 def test_toonify_photo_is_align_run_paste_back(tmp_path, photos_dir):

@@ -11,7 +11,8 @@ from runtime.motion import FaceMotion
 from runtime.tracking import (FINE_EVERY, IDLE_EVERY, CropMotion, FaceTracker, GaussianWindow, OneEuroFilter, OneEuroSmoother, params_quad,
                               quad_params)
 from runtime.videoio import VideoReader
-from tests.runtime.clips import moving_face_clip
+from runtime.stability import moving_face_clip
+from tests.helpers import smooth_track
 
 
 @pytest.fixture(scope="module")
@@ -32,15 +33,6 @@ def test_quad_params_round_trip():
         assert np.allclose(params_quad(quad_params(quad)), quad, atol=1e-3)
 
 
-def smooth_track(smoother, values, track_id=0):
-    """Feed one track frame by frame, reading each frame once `lookahead` later frames are in."""
-    out, lag = [], smoother.lookahead
-    for index, value in enumerate(values):
-        smoother.add(track_id, index, value)
-        if index >= lag:
-            out.append(smoother.smoothed(track_id, index - lag))
-    out += [smoother.smoothed(track_id, index) for index in range(max(len(values) - lag, 0), len(values))]
-    return np.array(out)
 
 
 def test_gaussian_window_is_a_renormalised_gaussian_over_the_track():

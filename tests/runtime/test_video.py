@@ -12,13 +12,14 @@ import pytest
 from PIL import Image
 
 from runtime.cli import main
+from runtime.common import ToonifyError
 from runtime.engine import Toonifier, physical_cores
 from runtime.faces import FaceAligner
 from runtime.tracking import params_quad
-from runtime.video import VideoConfig, _run_stages, _Stats, convert_video, default_output
+from runtime.video import FrameStats, VideoConfig, convert_video, crop_track, default_output, run_stages
 from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoWriter
-from tests.runtime.clips import against_truth, codec_drift, crop_params, moving_face_clip
-from tests.runtime.models import build_model
+from runtime.stability import against_truth, codec_drift, moving_face_clip
+from tests.helpers import build_model
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +139,7 @@ def test_smoothing_follows_a_moving_face_and_cuts_its_crop_jitter(tmp_path, phot
     path = tmp_path / "moving.mp4"
     truth = moving_face_clip(path, photos_dir / "obama.jpg", photos_dir / "dogs.jpg", frames=60, crf=0)
     ways = {"raw": {"sigma": 0, "guided": False}, "guided": {}, "plain": {"guided": False}}
-    measured = {name: against_truth(crop_params(VideoConfig(path, tmp_path / "out.mp4", model, **kw)), truth)
+    measured = {name: against_truth(crop_track(VideoConfig(path, tmp_path / "out.mp4", model, **kw)), truth)
                 for name, kw in ways.items()}
     raw, guided, plain = measured["raw"], measured["guided"], measured["plain"]
     # The default (guided, sigma 6) follows the face: its centre jitters 24x less than the
@@ -157,8 +158,8 @@ def test_what_smoothing_leaves_of_a_compressed_moving_face_is_the_codecs(tmp_pat
     path = tmp_path / "moving23.mp4"
     face, background = photos_dir / "obama.jpg", photos_dir / "dogs.jpg"
     truth = moving_face_clip(path, face, background, frames=60, crf=23)
-    raw = crop_params(VideoConfig(path, tmp_path / "out.mp4", model, sigma=0, guided=False))
-    guided = against_truth(crop_params(VideoConfig(path, tmp_path / "out.mp4", model)), truth)["jitter_centre"]
+    raw = crop_track(VideoConfig(path, tmp_path / "out.mp4", model, sigma=0, guided=False))
+    guided = against_truth(crop_track(VideoConfig(path, tmp_path / "out.mp4", model)), truth)["jitter_centre"]
     assert guided == pytest.approx(codec_drift(path, face, background, truth, raw), rel=0.1)
     assert against_truth(raw, truth)["jitter_centre"] > 2.5 * guided
 
@@ -192,7 +193,7 @@ def test_concurrent_runs_keep_frames_and_faces_in_order(tmp_path, monkeypatch):
     quads = [params_quad(np.array([x, 32.0, math.log(12), 0])) for x in centres]
     frames = [(Frame(i, np.full((64, 128, 3), 10 * i, np.uint8)), quads[:i % 3]) for i in range(20)]
     sink = ListSink()
-    _run_stages(iter(frames), toonifier, 4, sink, _Stats(measure=False), False, lambda: None)
+    run_stages(iter(frames), toonifier, 4, sink, FrameStats(measure=False), False, lambda: None)
     assert [index for index, _ in sink.written] == list(range(20))
     for i, out in sink.written:
         assert [out[32, x, 0] for x in centres] == [255 - 10 * i if k < i % 3 else 10 * i for k in range(3)]
@@ -419,7 +420,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(tmp_path, clip, model, ca
         out.mkdir(parents=True)
         (out / "keep.png").write_bytes(b"mine")
     before = files(tmp_path)
-    with pytest.raises(VideoError) as error:
+    with pytest.raises(ToonifyError) as error:          # VideoError, or UsageError (exit 2) for bad options
         convert_video(VideoConfig(source, out, model, provider="cpu", **options))
     assert message in str(error.value)
     assert error.value.path == {"in": str(source), "out": str(out), None: None}[names]

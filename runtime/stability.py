@@ -1,18 +1,20 @@
-"""Clips of a real face moving along a known path, so crop smoothing can be judged against the
-truth: a face photo, feathered to an ellipse, slides over a static real background, with sensor
+"""How steady the video path's crop is, judged against the truth: clips of a real face moving
+along a known path, and the measures of a crop track against that path. A face photo, feathered
+to an ellipse, slides over a static real background, with sensor noise on every frame and H.264 on
+top (what makes dlib's landmarks wobble on a real clip); tests and bench/video.py use it.
+
+The clip: a face photo, feathered to an ellipse, slides over a static real background, with sensor
 noise on every frame and H.264 on top (what makes dlib's landmarks wobble on a real clip).
 
 The face is moved by an exact sub-pixel shift (in the Fourier domain): an interpolating one (PIL's
 bicubic) moves a face's detail by up to a tenth of a pixel off the path, as a function of the
 fraction, which would count as the crop's jitter. For the same reason the truth is exact only
 for a lossless encoding (crf 0): at crf 23, H.264's quarter-pixel motion compensation leaves the
-decoded face off the path by about 0.06% of the crop side a frame, which a crop that follows the
+decoded face slightly off the path (codec_drift measures how far), which a crop that follows the
 face as decoded (as it should) is then charged with.
 
     truth = moving_face_clip(path, face_photo, background_photo, moves=True)   # [frames, 2] face offsets, px
-    against_truth(crop_params(VideoConfig(path, ...)), truth)    # the crop's jitter against the face's path
-
-bench/video.py measures with it too.
+    against_truth(crop_track(VideoConfig(path, ...)), truth)    # the crop's jitter against the face's path
 """
 from __future__ import annotations
 
@@ -24,8 +26,6 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from runtime.motion import face_patch, phase_shift, refine
-from runtime.tracking import FaceTracker, quad_params
-from runtime.video import VideoConfig, _Motion, _quads
 from runtime.videoio import VideoReader
 
 SIZE = (480, 360)          # frame width, height
@@ -35,8 +35,7 @@ RATE = 30
 
 def bobbing(frames: int, rate: int = RATE, speed: float = 1.0) -> np.ndarray:
     """A face that keeps moving, as a rapper's or a talker's does: sways and nods at 0.9 to 3.1 Hz,
-    [frames, 2] offsets in pixels. With the clip's face (a crop side of about 110 px) it moves
-    about 3.7% of the crop side a frame, faster than the dancer of the shared clip (2.3%)."""
+    [frames, 2] offsets in pixels (against_truth's `face_moves` says how fast, relative to the crop)."""
     t = np.arange(frames) / rate * speed
     x = 14 * np.sin(2 * math.pi * 1.3 * t) + 8 * np.sin(2 * math.pi * 3.1 * t + 1.0)
     y = 6 * np.sin(2 * math.pi * 0.9 * t + 2.0) + 4 * np.sin(2 * math.pi * 2.3 * t)
@@ -105,16 +104,6 @@ def codec_drift(path: Path, face: Path, background: Path, truth: np.ndarray, cro
         offsets.append(refine(before, frame.image, at, first))
         sides.append(2 * math.exp(at[2]))
     return float((np.hypot(*np.diff(offsets, axis=0).T) / np.array(sides[:-1])).mean())
-
-
-def crop_params(cfg: VideoConfig) -> dict[int, np.ndarray]:
-    """The crop the video path uses on each frame of cfg.input (its largest face), as quad_params
-    [cx, cy, log half-side, angle], by frame index: decoding, tracking and smoothing as configured."""
-    out = {}
-    for frame, quads in _quads(VideoReader(cfg.input), cfg, FaceTracker(cfg.detect_every), _Motion()):
-        if quads:
-            out[frame.index] = quad_params(quads[0])
-    return out
 
 
 def against_truth(crops: dict[int, np.ndarray], truth: np.ndarray) -> dict[str, float]:

@@ -1,0 +1,117 @@
+"""Builders the tests share: tiny ONNX students, teachers, pair folders, VGG weights, and a smoothing driver.
+
+    path = build_model(tmp_path / "m.onnx", "invert", resolution=32)   # toon = 255 - photo, exactly
+    base, toon = make_toon(tmp_path / "toon.safetensors")             # the 32 px fixture and a perturbed copy
+
+The ONNX builders use onnx.helper (no torch), so runtime tests stay fast and exact; the torch
+builders import torch only when called.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
+
+from runtime.engine import ModelInfo
+from tests.conftest import FIXTURES
+
+BASE = FIXTURES / "nvlabs_sg2ada_32.pkl"
+
+# What each op does to a uint8 RGB image, for the tests' expected outputs.
+EXPECTED = {
+    "identity": lambda u8: u8,
+    "invert": lambda u8: 255 - u8,           # -x in [-1, 1] is 255 - u in uint8, exactly
+    "swap_rb": lambda u8: u8[..., ::-1],     # catches any RGB/BGR confusion
+}
+
+
+def build_model(path: Path, op: str = "invert", resolution: int = 32, size_multiple: int = 8,
+                metadata: dict[str, str] | None = None, input_name: str = "input",
+                output_name: str = "output", batch: int | str = "N") -> Path:
+    """Write a one-node student to `path`; `metadata` replaces the default toonify-fast metadata_props."""
+    image = helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [batch, 3, "H", "W"])
+    toon = helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [batch, 3, "H", "W"])
+    initializers = []
+    if op == "identity":
+        nodes = [helper.make_node("Identity", [input_name], [output_name])]
+    elif op == "invert":
+        nodes = [helper.make_node("Neg", [input_name], [output_name])]
+    elif op == "swap_rb":
+        weight = np.eye(3, dtype=np.float32)[::-1].reshape(3, 3, 1, 1).copy()
+        initializers = [numpy_helper.from_array(weight, "swap_weight")]
+        nodes = [helper.make_node("Conv", [input_name, "swap_weight"], [output_name])]
+    else:
+        raise ValueError(op)
+    graph = helper.make_graph(nodes, f"tiny_{op}", [image], [toon], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    if metadata is None:
+        metadata = ModelInfo(input_name=input_name, output_name=output_name, resolution=resolution,
+                             size_multiple=size_multiple, preset=f"test-{op}",
+                             exported_at="2024-01-01T00:00:00+00:00", toonify_fast_version="0.1.0").to_metadata()
+    helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_toon(path, seed: int = 1):
+    """A stand-in toon fine-tune: the fixture generator with every synthesis weight perturbed
+    (noise constants kept, as a fine-tune keeps them), saved to `path`. Returns (base, toon)."""
+    import torch
+
+    from distill.checkpoint import load_generator, save_generator
+    base, toon = load_generator(BASE), load_generator(BASE)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for key, t in toon.state_dict().items():
+            if key.startswith("synthesis.") and not key.endswith(".noise_const"):
+                t.add_(torch.randn(t.shape, generator=g) * 0.3 * (t.std() if t.numel() > 1 else 1))
+    save_generator(toon, path)
+    return base, toon
+
+
+def fake_vgg_state(arch: str) -> dict[str, torch.Tensor]:
+    """A TEST FIXTURE: random weights in torchvision's VGG state dict layout (features + classifier)."""
+    import torch
+
+    from distill.losses import VGG_PLANS
+    g = torch.Generator().manual_seed(0)
+    state, index, channels = {}, 0, 3
+    for item in VGG_PLANS[arch]:
+        if item == "M":
+            index += 1
+            continue
+        state[f"features.{index}.weight"] = torch.randn(item, channels, 3, 3, generator=g) * (2 / (9 * channels)) ** 0.5
+        state[f"features.{index}.bias"] = torch.randn(item, generator=g) * 0.1
+        index, channels = index + 2, item
+    state["classifier.0.weight"] = torch.zeros(4, 4)  # present in real files, ignored
+    return state
+
+
+def make_pair_folder(root, count=8, val=4, res=32):
+    """Random photos and their negatives as toons, with a pairs.json naming two teacher hashes."""
+    rng = np.random.default_rng(0)
+    for split, n in ((root, count), (root / "val", val)):
+        for sub in ("real", "toon"):
+            (split / sub).mkdir(parents=True)
+        for i in range(n):
+            real = rng.integers(0, 256, (res, res, 3), dtype=np.uint8)
+            Image.fromarray(real).save(split / "real" / f"{i:06d}.png")
+            Image.fromarray(255 - real).save(split / "toon" / f"{i:06d}.png")
+    (root / "pairs.json").write_text(json.dumps({"base_sha256": "b" * 64, "blended_sha256": "d" * 64}))
+    return root
+
+
+def smooth_track(smoother, values, track_id=0):
+    """Feed one track frame by frame, reading each frame once `lookahead` later frames are in."""
+    out, lag = [], smoother.lookahead
+    for index, value in enumerate(values):
+        smoother.add(track_id, index, value)
+        if index >= lag:
+            out.append(smoother.smoothed(track_id, index - lag))
+    out += [smoother.smoothed(track_id, index) for index in range(max(len(values) - lag, 0), len(values))]
+    return np.array(out)
