@@ -29,7 +29,7 @@ import torch
 
 from distill.checkpoint import file_sha256, load_generator, save_generator
 from distill.stylegan2 import Generator
-from runtime.common import ToonifyError, console
+from runtime.common import ToonifyError, console, output_suffix
 
 _BLOCK_KEY = re.compile(r"^synthesis\.b(\d+)\.")
 # Settings a blend needs to agree on beyond tensor shapes (same shapes, other meaning).
@@ -186,7 +186,7 @@ def blend_files(base_path: str | Path, toon_path: str | Path, cfg: BlendConfig, 
     """Load two checkpoints (any format load_generator reads), blend them and write a .safetensors
     with provenance in its metadata: both sources' names and sha256, the config and per-block weights."""
     out_path = Path(out_path)
-    if out_path.suffix != ".safetensors":
+    if output_suffix(out_path, ".safetensors") != ".safetensors":
         raise BlendError("the blended model is written as .safetensors", path=out_path,
                          hint=f"use -o {out_path.with_suffix('.safetensors').name}")
     base, toon = load_generator(base_path), load_generator(toon_path)

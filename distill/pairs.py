@@ -39,7 +39,8 @@ import torch
 
 from distill.checkpoint import file_sha256, load_generator, read_metadata
 from distill.stylegan2 import Generator
-from runtime.common import ToonifyError, atomic_path, console, progress, write_bytes_atomic, write_json_atomic
+from runtime.common import (ToonifyError, atomic_path, console, output_suffix, progress, write_bytes_atomic,
+                            write_json_atomic)
 from runtime.images import nchw_to_hwc, resize, write_image
 
 # Settings a pair set is made with: a rerun into the same folder must repeat every one of them.
@@ -221,7 +222,7 @@ def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device:
 def write_sample_grid(paths: list[Path], seeds: list[int], psi: float, out: Path, device: str = "auto") -> Path:
     """Load each network, render the grid (see sample_grid) and write it as a PNG, atomically."""
     out = Path(out)
-    if out.suffix.lower() != ".png":
+    if output_suffix(out, ".png").lower() != ".png":
         raise ToonifyError("the sample grid is written as PNG", path=out,
                            hint=f"use -o {out.with_suffix('.png').name}")
     dev = resolve_device(device)

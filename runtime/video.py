@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.common import atomic_path, console, progress, write_json_atomic
+from runtime.common import atomic_path, console, output_suffix, progress, write_json_atomic, written_in_place
 from runtime.engine import Toonifier, physical_cores
 from runtime.faces import FaceAligner, align, paste_back
 from runtime.motion import CropSlip
@@ -284,6 +284,10 @@ def default_output(source: Path) -> Path:
 
 
 def _is_folder(path: Path) -> bool:
+    """A folder of frames is asked for by a name without an extension, unless it names a device or
+    pipe (/dev/null, /dev/stdout: a video, MP4 where there is no extension, written into it)."""
+    if written_in_place(path):
+        return False
     return path.is_dir() or not path.suffix or str(path).endswith(("/", os.sep))
 
 
@@ -335,7 +339,7 @@ def convert_video(cfg: VideoConfig) -> dict:
     tracker, motion, stats = FaceTracker(cfg.detect_every), _Motion(slip=cfg.report is not None), _Stats(measure=cfg.report is not None)
     folder = _is_folder(cfg.output)
     with (
-        (atomic_dir(cfg.output) if folder else atomic_path(cfg.output)) as dest,
+        (atomic_dir(cfg.output) if folder else atomic_path(cfg.output, output_suffix(cfg.output, ".mp4"))) as dest,
         (FolderWriter(dest) if folder else VideoWriter(dest, source, cfg.output, cfg.codec, cfg.crf)) as sink,
         progress("frames") as bar,
     ):
