@@ -189,6 +189,9 @@ def blend_files(base_path: str | Path, toon_path: str | Path, cfg: BlendConfig, 
     if output_suffix(out_path, ".safetensors") != ".safetensors":
         raise BlendError("the blended model is written as .safetensors", path=out_path,
                          hint=f"use -o {out_path.with_suffix('.safetensors').name}")
+    for source in (base_path, toon_path):
+        if out_path.resolve() == Path(source).resolve():
+            raise BlendError("the output would overwrite the input", out_path, hint="choose another -o", exit_code=2)
     base, toon = load_generator(base_path), load_generator(toon_path)
     G = blend_generators(base, toon, cfg)
     weights = block_weights(list(G.synthesis.block_resolutions), cfg)

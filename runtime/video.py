@@ -10,8 +10,8 @@ single-threaded run per core at a time; (3) paste back and encode. The offline s
 Gaussian over the frames before and after, so stage 1 holds each frame until 3 sigma later
 frames are tracked (a fixed lookahead of 18 frames by default); `live` uses a causal One Euro
 filter instead, with no lookahead, as a webcam needs.
-Timestamps and audio packets are copied; the output appears (one rename) only when the whole
-run has succeeded, so Ctrl-C or a crash leaves nothing half-written.
+Timestamps and audio packets are copied; the output appears (one rename, or copied into a device
+or pipe) only when the whole run has succeeded, so Ctrl-C or a crash leaves nothing half-written.
 """
 from __future__ import annotations
 
