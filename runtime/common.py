@@ -163,7 +163,8 @@ def _in_place(dest: Path, descriptor: int | None, suffix: str) -> Iterator[Path]
                 out = open(os.open(dest, os.O_WRONLY), "wb")
             else:
                 for stream in (sys.stdout, sys.stderr):   # what was printed before comes first
-                    stream.flush()
+                    if stream is not None:
+                        stream.flush()
                 out = open(descriptor, "wb", closefd=False)
             with open(tmp, "rb") as src, out:
                 shutil.copyfileobj(src, out, 1 << 20)
