@@ -29,7 +29,7 @@ import torch
 
 from distill.checkpoint import file_sha256, load_generator, save_generator, state_dict_difference
 from distill.stylegan2 import Generator, architecture_difference
-from runtime.common import ToonifyError, UsageError, console, jsonable, note
+from runtime.common import ToonifyError, UsageError, console, jsonable, note, output_suffix
 from runtime.options import setting
 
 _BLOCK_KEY = re.compile(r"^synthesis\.b(\d+)\.")
@@ -179,9 +179,12 @@ def blend_files(base_path: str | Path, toon_path: str | Path, cfg: BlendConfig, 
     """Load two checkpoints (any format load_generator reads), blend them and write a .safetensors
     with provenance in its metadata: both sources' names and sha256, the config and per-block weights."""
     out_path = Path(out_path)
-    if out_path.suffix != ".safetensors":
+    if output_suffix(out_path, ".safetensors") != ".safetensors":
         raise UsageError("the blended model is written as .safetensors", path=out_path,
                          hint=f"use -o {out_path.with_suffix('.safetensors').name}")
+    for source in (base_path, toon_path):
+        if out_path.resolve() == Path(source).resolve():
+            raise UsageError("the output would overwrite the input", out_path, hint="choose another -o")
     base, toon = load_generator(base_path), load_generator(toon_path)
     G = blend_generators(base, toon, cfg)
     weights = block_weights(list(G.synthesis.block_resolutions), cfg)

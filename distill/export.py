@@ -28,7 +28,7 @@ import torch.nn.functional as F
 import runtime
 from distill import quantize
 from distill.runs import load_student
-from runtime.common import ToonifyError, UsageError, console, note, write_bytes_atomic
+from runtime.common import ToonifyError, UsageError, console, note, output_suffix, write_bytes_atomic
 from runtime.engine import ModelInfo
 from runtime.options import setting
 
@@ -264,10 +264,13 @@ def _batch_sizes(max_batch_size: int) -> list[int]:
     return sizes or [max_batch_size]
 
 
-def write_triton_repository(onnx_path: Path, repo: Path, name: str, info: ModelInfo, max_batch_size: int) -> Path:
-    """Write `repo/name/config.pbtxt` and `repo/name/1/model.onnx`; returns the model folder."""
+def write_triton_repository(onnx_model: Path | bytes, repo: Path, name: str, info: ModelInfo,
+                            max_batch_size: int) -> Path:
+    """Write `repo/name/config.pbtxt` and `repo/name/1/model.onnx` (the file `onnx_model`, or these
+    bytes); returns the model folder."""
     folder = repo / name
-    write_bytes_atomic(folder / "1" / "model.onnx", onnx_path.read_bytes())
+    write_bytes_atomic(folder / "1" / "model.onnx", onnx_model if isinstance(onnx_model, bytes)
+                       else Path(onnx_model).read_bytes())
     write_bytes_atomic(folder / "config.pbtxt", triton_config(name, info, max_batch_size).encode())
     return folder
 
@@ -296,7 +299,7 @@ def parity_checked(graph: onnx.ModelProto, model: torch.nn.Module, inputs: dict[
 
 def export_student(cfg: ExportConfig) -> dict:
     """Export, check and write the student described by `cfg`; returns a report (paths, parity per input)."""
-    if cfg.output.suffix != ".onnx":
+    if output_suffix(cfg.output, ".onnx") != ".onnx":
         raise UsageError("the output must end in .onnx", path=cfg.output)
     if cfg.fp16 and cfg.int8:
         raise UsageError("--fp16 and --int8 exclude each other")
@@ -341,7 +344,8 @@ def export_student(cfg: ExportConfig) -> dict:
     report["bytes"] = len(data)
     write_bytes_atomic(cfg.output, data)
     if cfg.triton is not None:
-        folder = write_triton_repository(cfg.output, cfg.triton, cfg.triton_name or cfg.output.stem,
+        # The bytes, not cfg.output read back: a pipe or device gives back nothing of what it was given.
+        folder = write_triton_repository(data, cfg.triton, cfg.triton_name or cfg.output.stem,
                                          info, cfg.max_batch_size)
         report["triton"] = str(folder)
     return report

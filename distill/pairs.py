@@ -40,7 +40,8 @@ import torch
 from distill.checkpoint import file_sha256, load_generator, read_metadata
 from distill.device import device_setting, resolve_device
 from distill.stylegan2 import LATENT_SPACE, Generator, architecture_difference
-from runtime.common import ToonifyError, UsageError, atomic_path, console, note, progress, write_bytes_atomic, write_json_atomic
+from runtime.common import (ToonifyError, UsageError, atomic_path, console, note, output_suffix, progress,
+                            write_bytes_atomic, write_json_atomic)
 from runtime.images import image_grid, nchw_to_hwc, resize, write_image
 from runtime.options import setting
 
@@ -228,7 +229,7 @@ def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device:
 def write_sample_grid(cfg: SampleConfig) -> Path:
     """Load each network, render the grid (see sample_grid) and write it as a PNG, atomically."""
     out = Path(cfg.output)
-    if out.suffix.lower() != ".png":
+    if output_suffix(out, ".png").lower() != ".png":
         raise UsageError("the sample grid is written as PNG", path=out, hint=f"use -o {out.with_suffix('.png').name}")
     dev = resolve_device(cfg.device)
     networks = [load_generator(p, device=dev) for p in cfg.networks]

@@ -4,14 +4,24 @@ progress bars.
     with atomic_path(out) as tmp:   # write tmp; it becomes `out` only if the block succeeds
         image.save(tmp)
 
+What an existing output becomes (the README's Safety section): a regular file is replaced in one
+rename; a device or named pipe (/dev/null, /dev/stdout, a FIFO) is written into in place, once the
+whole output is complete, and stays what it is; a symbolic link is followed (what it points to is
+written as above, a dangling link's target created) and stays a link; a socket is refused.
+
 Nothing here imports torch: the runtime and the distillation code both use it.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import os
+import re
+import shutil
+import stat
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -82,25 +92,118 @@ def jsonable(value):
     return str(value) if isinstance(value, os.PathLike) else value
 
 
+def written_in_place(path: str | os.PathLike) -> bool:
+    """True where atomic_path writes into `path` in place rather than renaming over it: a name of
+    one of this process's file descriptors (/dev/stdout, /dev/fd/N), or an existing (through
+    symbolic links) device, named pipe or socket (refused when written)."""
+    path = Path(path)
+    if _own_descriptor(path) is not None:
+        return True
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
+def output_suffix(path: str | os.PathLike, default: str) -> str:
+    """The extension that picks an output's format: its own, or `default` for an output written in
+    place that has none (/dev/null, /dev/stdout)."""
+    path = Path(path)
+    return path.suffix or (default if written_in_place(path) else "")
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
-    """Yield a temporary path beside `dest`; on success it replaces `dest` in one rename.
+    """Yield a temporary path to write; on success it becomes `dest`, on an exception (or Ctrl-C)
+    it is removed and `dest` is left as it was, so a reader never sees a half-written file.
 
-    On an exception (or Ctrl-C) the temporary file is removed and `dest` is left as it was,
-    so a reader never sees a half-written file. `suffix` defaults to dest's own suffix so
-    writers that choose a format by extension (PIL, PyAV) keep working.
+    A regular file or a new path is replaced in one rename of the temporary file beside it. A
+    device or named pipe is never renamed over: the complete temporary file (in the temp folder)
+    is copied into it, so a pipe's reader gets exactly the bytes a file would hold. A symbolic link
+    stays: what it points to is written instead (a dangling link's target is created). A socket,
+    or a loop of links, is a ToonifyError with exit code 2. `suffix` defaults to dest's own suffix
+    so writers that choose a format by extension (PIL, PyAV) keep working.
     """
     dest = Path(dest)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.partial-", dir=dest.parent,
-                               suffix=dest.suffix if suffix is None else suffix)
+    suffix = dest.suffix if suffix is None else suffix
+    if written_in_place(dest):
+        with _in_place(dest, _own_descriptor(dest), suffix) as tmp:
+            yield tmp
+        return
+    target = _link_target(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.partial-", dir=target.parent, suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
     try:
         yield tmp
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~UMASK)
-        os.replace(tmp, dest)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _link_target(dest: Path) -> Path:
+    """The path a rename must replace so that a symbolic link at `dest` stays one: the file it
+    points to, which need not exist yet."""
+    if not dest.is_symlink():
+        return dest
+    try:
+        os.stat(dest)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise UsageError("a loop of symbolic links", dest, hint="remove the link or point it at a file") from None
+    return Path(os.path.realpath(dest))
+
+
+def _own_descriptor(dest: Path) -> int | None:
+    """N where `dest` names this process's open file descriptor N (/dev/stdout, /dev/fd/N,
+    /proc/self/fd/N). Such a name is written through the descriptor, whatever it is open on: a
+    fresh open() or a rename would truncate or replace a file the shell opened with `>>`."""
+    path = dest.absolute()
+    for _ in range(40):     # the kernel's own limit on links followed
+        folder = os.path.realpath(path.parent)
+        if path.name.isdigit() and re.fullmatch(rf"/proc/{os.getpid()}(/task/\d+)?/fd", folder):
+            try:
+                os.fstat(int(path.name))
+            except OSError:
+                return None
+            return int(path.name)
+        if not path.is_symlink():
+            return None
+        path = Path(folder) / os.readlink(path)
+    return None
+
+
+@contextlib.contextmanager
+def _in_place(dest: Path, descriptor: int | None, suffix: str) -> Iterator[Path]:
+    if descriptor is None and stat.S_ISSOCK(os.stat(dest).st_mode):
+        raise UsageError("this is a socket: an output cannot be written into it", dest,
+                         hint="write to a file, a device or a named pipe")
+    # Not beside dest: a device's folder (/dev) is no place for a large temporary file.
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.partial-", suffix=suffix)
+    os.close(fd)
+    tmp = Path(tmp)
+    try:
+        yield tmp
+        try:
+            if descriptor is None:
+                # No O_CREAT or O_TRUNC: if dest went away meanwhile, nothing is made in its place.
+                out = open(os.open(dest, os.O_WRONLY), "wb")
+            else:
+                for stream in (sys.stdout, sys.stderr):   # what was printed before comes first
+                    if stream is not None:
+                        stream.flush()
+                out = open(descriptor, "wb", closefd=False)
+            with open(tmp, "rb") as src, out:
+                shutil.copyfileobj(src, out, 1 << 20)
+        except BrokenPipeError:
+            raise ToonifyError("the pipe was closed before the whole output was written into it", dest,
+                               hint="check the program reading the pipe") from None
+        except OSError as e:
+            raise ToonifyError(f"cannot write into it ({e.strerror or e})", dest) from None
     finally:
         tmp.unlink(missing_ok=True)
 

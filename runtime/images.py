@@ -19,7 +19,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from runtime.common import ToonifyError, atomic_path
+from runtime.common import ToonifyError, atomic_path, output_suffix
 
 # Refuse decompression bombs: a small file can claim billions of pixels. 80 MP is more than any
 # camera photo; the caller can raise it.
@@ -137,10 +137,11 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
     """Write [H, W, 3] uint8 RGB (+ [H, W] uint8 alpha where the format keeps it) atomically.
 
     The format follows the extension (.png, .jpg, .webp, .bmp, ...); JPEG and BMP drop the alpha.
+    A device or pipe without an extension (/dev/stdout) gets PNG, written into it in place.
     Raises ImageError naming the file for an unknown extension or an unwritable place.
     """
     path = Path(path)
-    fmt = Image.registered_extensions().get(path.suffix.lower())
+    fmt = Image.registered_extensions().get(output_suffix(path, ".png").lower())
     if fmt is None or fmt not in Image.SAVE:
         raise ImageError(f"unknown image format {path.suffix or '(no extension)'!r}", path,
                          hint="use .png, .jpg, .webp or .bmp")

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from rich.markup import escape
 
-from runtime.common import ToonifyError, UsageError, console, note, progress
+from runtime.common import ToonifyError, UsageError, console, note, progress, written_in_place
 from runtime.engine import Toonifier, batch_setting, find_model, model_setting, provider_setting
 from runtime.faces import Face, FaceAligner, align, paste_back
 from runtime.images import IMAGE_SUFFIXES, MAX_PIXELS, list_images, read_image, resize, write_image
@@ -85,8 +85,9 @@ def _folder_images(folder: Path) -> list[Path]:
 
 def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
     """The output path of each input: beside it as STEM_toon.png, in the folder `output`, or `output`
-    itself (one input). Refuses, as usage errors, to overwrite an input or to write two inputs to one file."""
-    if output is not None and not output.is_dir() and output.suffix:
+    itself (one input: a name with an extension, or a device or pipe such as /dev/stdout). Refuses,
+    as usage errors, to overwrite an input or to write two inputs to one file."""
+    if output is not None and not output.is_dir() and (output.suffix or written_in_place(output)):
         if len(inputs) > 1:
             raise UsageError(f"-o names one file but there are {len(inputs)} inputs", output,
                              hint="give a folder to -o (it is created if missing)")
@@ -215,6 +216,9 @@ def convert_photos(cfg: ConvertConfig) -> ConvertSummary:
     if not inputs:
         raise UsageError("no input images", hint="toonify-fast IMAGE... (files, folders or globs)")
     dests = plan_outputs(inputs, cfg.output)
+    if cfg.crop and cfg.output is not None and written_in_place(cfg.output):
+        raise UsageError("--crop writes a file per face (NAME_0.png, NAME_1.png, ...) beside -o; a device or pipe "
+                         "is one file", cfg.output, hint="give -o a folder")
     toonifier = Toonifier(find_model(cfg.model), cfg.provider, batch_size=cfg.batch_size)
     summary = ConvertSummary()
     converter = _Converter(cfg, toonifier, summary, {p.resolve() for p in inputs})

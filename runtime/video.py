@@ -10,8 +10,8 @@ single-threaded run per core at a time; (3) paste back and encode. The offline s
 Gaussian over the frames before and after, so stage 1 holds each frame until 3 sigma later
 frames are tracked (a fixed lookahead of 18 frames by default); `live` uses a causal One Euro
 filter instead, with no lookahead, as a webcam needs.
-Timestamps and audio packets are copied; the output appears (one rename) only when the whole
-run has succeeded, so Ctrl-C or a crash leaves nothing half-written.
+Timestamps and audio packets are copied; the output appears (one rename, or copied into a device
+or pipe) only when the whole run has succeeded, so Ctrl-C or a crash leaves nothing half-written.
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ from typing import Iterator
 
 import numpy as np
 
-from runtime.common import UsageError, atomic_path, console, progress, write_json_atomic
+from runtime.common import UsageError, atomic_path, console, output_suffix, progress, write_json_atomic, written_in_place
 from runtime.engine import Toonifier, batch_setting, find_model, model_setting, physical_cores, provider_setting
 from runtime.faces import FaceAligner, align, paste_back
 from runtime.motion import CropSlip
@@ -300,6 +300,10 @@ def default_output(source: Path) -> Path:
 
 
 def _is_folder(path: Path) -> bool:
+    """A folder of frames is asked for by a name without an extension, unless it names a device or
+    pipe (/dev/null, /dev/stdout: a video, MP4 where there is no extension, written into it)."""
+    if written_in_place(path):
+        return False
     return path.is_dir() or not path.suffix or str(path).endswith(("/", os.sep))
 
 
@@ -351,7 +355,7 @@ def convert_video(cfg: VideoConfig) -> dict:
     tracker, motion, stats = FaceTracker(cfg.detect_every), CropMeasures(slip=cfg.report is not None), FrameStats(measure=cfg.report is not None)
     folder = _is_folder(cfg.output)
     with (
-        (atomic_dir(cfg.output) if folder else atomic_path(cfg.output)) as dest,
+        (atomic_dir(cfg.output) if folder else atomic_path(cfg.output, output_suffix(cfg.output, ".mp4"))) as dest,
         (FolderWriter(dest) if folder else VideoWriter(dest, source, cfg.output, cfg.codec, cfg.crf)) as sink,
         progress("frames") as bar,
     ):

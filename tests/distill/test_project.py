@@ -20,8 +20,7 @@ from distill.runs import StudentInfo, save_student
 from distill.translator import PRESETS, build_generator
 from runtime.images import hwc_to_nchw, nchw_to_hwc, read_image, write_image
 from tests.conftest import PHOTOS
-from tests.helpers import BASE, make_toon
-from tests.helpers import fake_vgg_state
+from tests.helpers import BASE, fake_vgg_state, make_toon
 
 STEPS = 150
 
