@@ -260,7 +260,7 @@ def discriminator_for(G: Generator, seed: int = 0, source: str | os.PathLike = "
                           conv_clamp=synthesis.get("conv_clamp"), channels=channels)
     widths = "/".join(str(D.channels[r]) for r in D.block_resolutions + [4])
     console.print(f"{source}: {why}; a new discriminator, initialised as NVlabs does (seed {seed}): "
-                  f"{D.img_resolution} px, channels {widths} (b{D.img_resolution}..b4)")
+                  f"{D.img_resolution} px, channels {widths} (b{D.img_resolution}..b4)", soft_wrap=True)
     return D
 
 
@@ -322,8 +322,8 @@ def _from_rosinality(ckpt: dict, network: str, path: Path) -> Discriminator:
                                "only training checkpoints hold one", path, FALLBACK_HINT)
     sd = ckpt.get(key)
     if not isinstance(sd, dict):
-        raise CheckpointError(f"no network '{network}' (rosinality '{key}') in it (found: {', '.join(map(str, ckpt))})",
-                              path, "pass network='D'")
+        named = f"'{network}'" + (f" (rosinality '{key}')" if key != network else "")
+        raise CheckpointError(f"no network {named} in it (found: {', '.join(map(str, ckpt))})", path, "pass network='D'")
     blocks = sorted(int(m[1]) for k in sd if (m := re.fullmatch(r"convs\.(\d+)\.conv1\.0\.weight", k)))
     if not blocks or "convs.0.0.weight" not in sd or "final_conv.0.weight" not in sd or blocks != list(range(1, len(blocks) + 1)):
         raise CheckpointError(f"'{key}' is not a rosinality StyleGAN2 discriminator (no convs.* / final_conv)", path)
