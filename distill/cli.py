@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 app = typer.Typer(help="Build a toonify-fast model from StyleGAN2 teachers: blend, sample, pairs, "
-                       "train, eval, export.", add_completion=False, no_args_is_help=True,
+                       "train, eval, export, align.", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False, context_settings={"help_option_names": ["-h", "--help"]})
 
 
@@ -86,6 +86,33 @@ def pairs(
                                noise=noise, format=fmt, batch_size=batch_size, shard=resolve_shard(shard),
                                device=device, fp16=fp16, val_count=val_count, save_latents=save_latents,
                                style_mixing=style_mixing))
+
+
+# ---- align: distill/align.py (a fine-tuning set from your own images) ----
+
+@app.command()
+def align(
+    images: Annotated[list[str], typer.Argument(
+        metavar="IMAGE", show_default=False, help="Images, folders or glob patterns: every face found is written.")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the aligned images and align.json.")],
+    res: Annotated[int, typer.Option(help="Side of the written images: the generator's resolution (1024 for FFHQ).")],
+    no_align: Annotated[bool, typer.Option(
+        "--no-align", help="Each image is already an aligned, square face: only resize it (cartoon faces "
+                           "often defeat the photo face detector).")] = False,
+    mirror: Annotated[bool, typer.Option("--mirror", help="Also write each crop flipped left-right.")] = False,
+    max_faces: Annotated[Optional[int], typer.Option(help="At most this many faces per image, largest first.")] = None,
+) -> None:
+    """FFHQ-align the faces of your images for fine-tuning: OUT/STEM_I.png at --res, duplicates skipped.
+
+    Exit status 1 when some image was skipped for another reason than being a duplicate (unreadable,
+    no face, not square with --no-align); OUT/align.json says which and why.
+    """
+    from distill.align import AlignConfig, align_folder
+    from runtime.photos import expand_inputs
+    summary = align_folder(AlignConfig(images=tuple(expand_inputs(images)), out=output, res=res, align=not no_align,
+                                       mirror=mirror, max_faces=max_faces))
+    typer.echo(output / "align.json")
+    raise typer.Exit(1 if summary.failed else 0)
 
 
 # ---- export: distill/export.py ----
