@@ -138,6 +138,7 @@ def align_folder(cfg: AlignConfig) -> AlignSummary:
             bar.advance(task)
     write_json_atomic(cfg.out / REPORT_NAME, {"res": cfg.res, "align": cfg.align, "mirror": cfg.mirror,
                                                **summary.to_dict()})
-    console.print(f"{len(summary.written)} images of {cfg.res}x{cfg.res} from {len(cfg.images)} input{'s' * (len(cfg.images) != 1)} in "
+    n = len(cfg.images)
+    console.print(f"{len(summary.written)} images of {cfg.res}x{cfg.res} from {n} input{'s' * (n != 1)} in "
                   f"{escape(str(cfg.out))}; {len(summary.skipped)} skipped (see {REPORT_NAME})", soft_wrap=True)
     return summary

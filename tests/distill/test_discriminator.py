@@ -117,6 +117,8 @@ def test_fallback_is_sized_to_the_generator_and_says_so(fixtures_dir, capsys):
     again = load_discriminator(path, fallback=True)
     assert all(torch.equal(a, b) for a, b in zip(D.state_dict().values(), again.state_dict().values()))
     assert D(torch.zeros([2, 3, 32, 32])).shape == (2, 1)
+    # The TF fixture: fmap_base 1024, fmap_max 64 (NVlabs' channel_base 2048).
+    assert load_discriminator(fixtures_dir / "tf_stylegan2_32.pkl", fallback=True).channels == {32: 64, 16: 64, 8: 64, 4: 64}
 
 
 def test_freeze_names_exactly_the_frozen_tensors():
