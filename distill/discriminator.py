@@ -29,7 +29,7 @@ from torch import nn
 from distill.checkpoint import (FORMATS_HINT, TORCH_LEGACY_MAGIC, CheckpointError, PersistentObject, Table, _container,
                                 _describe, _existing, _fill, _flatten, _plain, _torch_load, _unpickle, load_generator)
 from distill.safe_pickle import TFNetwork
-from distill.stylegan2 import LRELU_GAIN, FullyConnectedLayer, Generator, fir_filter
+from distill.stylegan2 import LRELU_GAIN, FullyConnectedLayer, Generator, _disable_tf32, fir_filter
 from runtime.common import console
 
 RESIDUAL_GAIN = math.sqrt(0.5)  # NVlabs' resnet blocks scale both branches by it; rosinality divides by sqrt(2)
@@ -195,6 +195,8 @@ class Discriminator(nn.Module):
         if img.ndim != 4 or img.shape[1:] != (self.img_channels, self.img_resolution, self.img_resolution):
             raise ValueError(f"images must be [N, {self.img_channels}, {self.img_resolution}, "
                              f"{self.img_resolution}], got {list(img.shape)}")
+        if img.is_cuda:
+            _disable_tf32()  # NVlabs' training runs D in true float32 too
         x, img = None, img.to(torch.float32)
         for res in self.block_resolutions:
             x = getattr(self, f"b{res}")(x, img)
