@@ -10,4 +10,7 @@ def __getattr__(name):
     if name == "load_generator":
         from distill.checkpoint import load_generator
         return load_generator
+    if name == "load_discriminator":
+        from distill.discriminator import load_discriminator
+        return load_discriminator
     raise AttributeError(name)

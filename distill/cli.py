@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from distill.align import AlignConfig
 from distill.blend import BlendConfig
 from distill.demo import DemoConfig
 from distill.evaluate import EvalConfig
@@ -26,7 +27,7 @@ from runtime.common import UsageError
 from runtime.options import command, given
 
 app = typer.Typer(help="Build a toonify-fast model from StyleGAN2 teachers: blend, sample, pairs, "
-                       "train, eval, export.", add_completion=False, no_args_is_help=True,
+                       "train, eval, export, align.", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -58,6 +59,19 @@ def pairs(cfg: PairsConfig) -> None:
     """Paired (real, toon) images from the same latents: the student's training set."""
     from distill.pairs import generate_pairs
     generate_pairs(cfg)
+
+
+@command(app, AlignConfig, arguments=("images",))
+def align(cfg: AlignConfig) -> None:
+    """FFHQ-align the faces of your images for fine-tuning: OUT/STEM_I.png at --res, duplicates skipped.
+
+    Exit status 1 when some image was skipped for another reason than being a duplicate (unreadable,
+    no face, not square with --no-align); OUT/align.json says which and why.
+    """
+    from distill.align import align_folder
+    summary = align_folder(cfg)
+    typer.echo(cfg.output / "align.json")
+    raise typer.Exit(1 if summary.failed else 0)
 
 
 @command(app, ExportConfig)
