@@ -183,7 +183,7 @@ def _as_tensor(found, label: str, path: Path) -> torch.Tensor:
         return found.detach()
     if type(found) is np.ndarray or isinstance(found, np.generic):
         if found.dtype.kind != "f":
-            raise CheckpointError(f"tensor {label} is a {found.dtype} array, not floating point", path,
+            raise CheckpointError(f"tensor {label} is an array of {found.dtype}, not floating point", path,
                                   "the file is damaged or not a generator")
         return torch.as_tensor(np.asarray(found, dtype=np.float32))
     raise CheckpointError(f"tensor {label} is a {type(found).__name__}, not an array", path)
