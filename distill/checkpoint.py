@@ -8,12 +8,20 @@ models) and the project's own `.safetensors` (`save_generator`). Pickles go thro
 unpickler of distill.safe_pickle, which builds only tensors, arrays and plain containers; the source
 code they embed (`module_src`, `build_module_src`) stays an unused string. Every tensor is copied by
 name with a shape check against the configuration the file declares or implies.
+
+Nothing in a file is trusted before it is checked: torch files are scanned so that no storage
+declares more bytes than the file holds, the configuration must lie within CONFIG_LIMITS and is
+built first on the meta device, every tensor must be floating point with the shape it is checked
+against before anything of that size is allocated, and non-finite weights are refused by name.
+Whatever a file does wrong ends in a CheckpointError.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
+import math
 import os
 import pickle
 import re
@@ -24,7 +32,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from distill.safe_pickle import PersistentObject, RefusedGlobal, TFNetwork, load_pickle, refused_name
+from distill.safe_pickle import (PersistentObject, RefusedGlobal, TFNetwork, check_legacy_torch, load_pickle,
+                                 refused_name, torch_pickle_storages)
 from distill.stylegan2 import Generator
 from runtime.common import ToonifyError, atomic_path, console
 
@@ -33,6 +42,11 @@ UNTRUSTED_HINT = "only load checkpoints from sources you trust; this file may be
 SAFETENSORS_KEY = "toonify_fast"
 TORCH_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # the first object of a pre-1.6 torch.save file
 W_AVG_SAMPLES = 4096  # rosinality's own mean_latent(4096)
+MAX_WIDTH = 4096  # z_dim, w_dim, channels, feature counts
+MAX_RESOLUTION = 4096
+MAX_MAPPING_LAYERS = 64
+MAX_NESTING = 16  # module trees and init kwargs; real ones nest a few levels
+MAX_NODES = 10_000  # modules, or values in init kwargs, visited in one file
 
 
 class CheckpointError(ToonifyError):
@@ -56,68 +70,172 @@ def _unpickle(path: Path):
             head = f.read(8).hex(" ")
         raise CheckpointError(f"not a StyleGAN2 checkpoint: unrecognised content (first bytes {head}; {e})",
                               path, FORMATS_HINT) from None
-    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RuntimeError) as e:
-        raise CheckpointError(f"damaged pickle: {type(e).__name__}: {e}", path, FORMATS_HINT) from None
+    except Exception as e:  # noqa: BLE001 - whatever a damaged pickle makes the builders raise
+        raise CheckpointError(f"damaged pickle: {type(e).__name__}: {_short(e)}", path, FORMATS_HINT) from None
+
+
+def _short(e: BaseException) -> str:
+    """An exception's first line, cut short: a message may quote a hostile file at length."""
+    text = (str(e).splitlines() or [""])[0]
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _describe(obj) -> str:
     if isinstance(obj, dict):
-        return f"a pickled dict with keys {', '.join(map(str, list(obj)[:8])) or '(none)'}"
+        return f"a pickled dict with keys {', '.join(str(k)[:40] for k in list(obj)[:8]) or '(none)'}"
     return f"a pickled {type(obj).__name__}"
 
 
 # --- Building the Generator and copying tensors into it -----------------------------------------
 
-def _plain(value):
+class _Budget:
+    """Counts what one walk over a file's nested structure visits: cycles and shared sub-trees end it."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what, self.left = path, what, MAX_NODES
+
+    def visit(self, depth: int) -> None:
+        self.left -= 1
+        if depth > MAX_NESTING or self.left < 0:
+            raise CheckpointError(f"{self.what} nest deeper than {MAX_NESTING} levels or hold more than {MAX_NODES} "
+                                  "entries (a cycle?)", self.path, "the file is damaged or malicious")
+
+
+def _plain(value, budget: _Budget, depth: int = 0):
     """Pickled init kwargs (EasyDicts, numpy scalars, tuples) as plain JSON-able values."""
+    budget.visit(depth)
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k)[:100]: _plain(v, budget, depth + 1) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
+        return [_plain(v, budget, depth + 1) for v in value]
     return value.item() if isinstance(value, np.generic) else value
 
 
+CONFIG_LIMITS = (f"z_dim and w_dim 1..{MAX_WIDTH}, c_dim 0..{MAX_WIDTH}, img_resolution a power of two 4..{MAX_RESOLUTION}, "
+                 f"img_channels and channels 1..{MAX_WIDTH}, num_layers 1..{MAX_MAPPING_LAYERS}")
+
+
+def _whole(value, low: int, high: int) -> bool:
+    return type(value) is int and low <= value <= high
+
+
+def _real(value, low: float = -math.inf, high: float = math.inf) -> bool:
+    return type(value) in (int, float) and math.isfinite(value) and low <= value <= high
+
+
+def _config_problem(kwargs) -> str | None:
+    """What is wrong with Generator init kwargs from a file, before anything is built; None if nothing."""
+    if not isinstance(kwargs, dict):
+        return f"the init kwargs are a {type(kwargs).__name__}, not a dict"
+    checks = {"z_dim": lambda v: _whole(v, 1, MAX_WIDTH), "c_dim": lambda v: _whole(v, 0, MAX_WIDTH),
+              "w_dim": lambda v: _whole(v, 1, MAX_WIDTH), "img_channels": lambda v: _whole(v, 1, MAX_WIDTH),
+              "img_resolution": lambda v: _whole(v, 4, MAX_RESOLUTION) and v & (v - 1) == 0}
+    mapping = {"num_layers": lambda v: _whole(v, 1, MAX_MAPPING_LAYERS),
+               "embed_features": lambda v: v is None or _whole(v, 1, MAX_WIDTH),
+               "layer_features": lambda v: v is None or _whole(v, 1, MAX_WIDTH),
+               "lr_multiplier": lambda v: _real(v, 1e-8, 1e8), "w_avg_beta": lambda v: v is None or _real(v)}
+    synthesis = {"channel_base": lambda v: _whole(v, 1, MAX_WIDTH * MAX_RESOLUTION * 16),
+                 "channel_max": lambda v: _whole(v, 1, MAX_WIDTH), "num_fp16_res": lambda v: _whole(v, 0, 64),
+                 "conv_clamp": lambda v: v is None or _real(v, 1e-8), "use_noise": lambda v: type(v) is bool,
+                 "architecture": lambda v: v in ("orig", "skip", "resnet"), "channels": lambda v: isinstance(v, dict)}
+    for group, allowed in ((kwargs, checks), (kwargs.get("mapping_kwargs") or {}, mapping),
+                           (kwargs.get("synthesis_kwargs") or {}, synthesis)):
+        if not isinstance(group, dict):
+            return f"mapping_kwargs / synthesis_kwargs is a {type(group).__name__}, not a dict"
+        for key, ok in allowed.items():
+            if (key in group or group is kwargs) and not ok(group.get(key)):
+                return f"{key} = {str(group.get(key))[:40]}"
+    resolution, synthesis_kwargs = kwargs["img_resolution"], kwargs.get("synthesis_kwargs") or {}
+    blocks = [2 ** i for i in range(2, int(math.log2(resolution)) + 1)]
+    if "channels" in synthesis_kwargs:
+        given = {str(r): c for r, c in synthesis_kwargs["channels"].items()}
+        widths = {r: given.get(str(r)) for r in blocks}
+    else:
+        base, most = synthesis_kwargs.get("channel_base", 32768), synthesis_kwargs.get("channel_max", 512)
+        widths = {r: min(base // r, most) for r in blocks}
+    bad = [r for r, c in widths.items() if not _whole(c, 1, MAX_WIDTH)]
+    return f"{str(widths[bad[0]])[:40]} channels at resolution {bad[0]}" if bad else None
+
+
 def _build(path: Path, kwargs: dict) -> Generator:
+    """The Generator `kwargs` describe, on the meta device (shapes only, no memory): _fill checks the
+    file's tensors against it and only then builds the real one."""
+    if problem := _config_problem(kwargs):
+        raise CheckpointError(f"unsupported generator configuration: {problem} (supported: {CONFIG_LIMITS})", path,
+                              "the file is damaged, or holds a network this tool does not support")
     try:
-        return Generator(**kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"unsupported generator configuration: {e}", path,
-                              f"init kwargs found: {json.dumps(kwargs, sort_keys=True)}") from None
+        with torch.device("meta"):
+            return Generator(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"unsupported generator configuration: {_short(e)}", path,
+                              f"init kwargs found: {json.dumps(kwargs, sort_keys=True, default=str)[:400]}") from None
 
 
 Table = dict[str, tuple[str, Callable | None]]  # our name -> (name in the file, conversion to our layout)
 
 
+def _as_tensor(found, label: str, path: Path) -> torch.Tensor:
+    """A file's tensor or array as a CPU tensor, refused unless it is plain, dense and floating point."""
+    if type(found) in (torch.Tensor, torch.nn.Parameter):
+        if found.layout != torch.strided or found.device.type != "cpu" or not found.is_floating_point():
+            raise CheckpointError(f"tensor {label} is {found.dtype} ({found.layout}, {found.device.type}), not a "
+                                  "dense floating-point tensor", path, "the file is damaged or not a generator")
+        return found.detach()
+    if type(found) is np.ndarray or isinstance(found, np.generic):
+        if found.dtype.kind != "f":
+            raise CheckpointError(f"tensor {label} is an array of {found.dtype}, not floating point", path,
+                                  "the file is damaged or not a generator")
+        return torch.as_tensor(np.asarray(found, dtype=np.float32))
+    raise CheckpointError(f"tensor {label} is a {type(found).__name__}, not an array", path)
+
+
+def _converted_shape(found: torch.Tensor, convert: Callable | None) -> torch.Size | None:
+    # Worked out on the meta device: a conversion may copy, and the shape is not checked yet.
+    if convert is None:
+        return found.shape
+    try:
+        return convert(torch.empty(found.shape, device="meta")).shape
+    except (IndexError, RuntimeError):
+        return None
+
+
 def _fill(G: Generator, source: dict, path: Path, table: Table | None = None,
           ignored: tuple[str, ...] = ()) -> Generator:
-    """Copy every parameter and buffer of G from `source` (tensors or arrays by the file's names).
+    """A Generator built like G (from _build, on the meta device) with every parameter and buffer
+    copied from `source` (tensors or arrays by the file's names).
 
-    Each must exist and fit; a tensor of the file that nothing uses (other than names ending in
-    `ignored`) is an error too, so a different architecture can never load half-way.
+    Each must exist, be floating point and fit, all before the real Generator is allocated; a
+    tensor of the file that nothing uses (other than names ending in `ignored`) is an error too,
+    so a different architecture can never load half-way; a NaN or infinite weight is refused.
     """
-    table = table or {}
+    if not isinstance(source, dict):
+        raise CheckpointError(f"the tensors are a {type(source).__name__}, not a dict", path, FORMATS_HINT)
+    table, plan = table or {}, []
     for key, target in G.state_dict().items():
         theirs, convert = table.get(key, (key, None))
         label = f"'{theirs}'" + (f" (-> {key})" if theirs != key else "")
         if theirs not in source:
             raise CheckpointError(f"tensor {label} is missing", path,
                                   "the file is incomplete or not a StyleGAN2 generator")
-        found = source[theirs]
-        try:
-            found = found.detach() if torch.is_tensor(found) else torch.as_tensor(np.asarray(found, dtype=np.float32))
-        except (TypeError, ValueError):
-            raise CheckpointError(f"tensor {label} is a {type(found).__name__}, not an array", path) from None
-        found = convert(found) if convert else found
-        if found.shape != target.shape:
+        found = _as_tensor(source[theirs], label, path)
+        shape = _converted_shape(found, convert)
+        if shape != target.shape:
             raise CheckpointError(f"tensor {label} does not fit the configuration: expected {list(target.shape)}, "
-                                  f"found {list(found.shape)}", path,
+                                  f"found {list(shape if shape is not None else found.shape)}", path,
                                   "the file's tensors disagree with its declared or inferred configuration")
-        target.copy_(found)
+        plan.append((key, label, found, convert))
     used = {theirs for theirs, _ in table.values()} | (set(G.state_dict()) - set(table))
-    extra = sorted(k for k in source if k not in used and not k.endswith(ignored))
+    extra = sorted(str(k)[:100] for k in source if k not in used and not (isinstance(k, str) and k.endswith(ignored)))
     if extra:
         raise CheckpointError(f"unexpected tensor '{extra[0]}' ({len(extra)} in all) that this generator has no "
                               "place for", path, "the file holds a different architecture")
+    G = Generator(**G.init_kwargs)
+    state = G.state_dict()
+    for key, label, found, convert in plan:
+        target = state[key].copy_(convert(found) if convert else found)
+        if bad := int((~torch.isfinite(target)).sum()):
+            raise CheckpointError(f"tensor {label} holds {bad} non-finite values (NaN or infinity)", path,
+                                  "the file is damaged, or was saved from a diverged training run")
     return G
 
 
@@ -130,7 +248,7 @@ RUNTIME_ONLY = {"fused_modconv_default", "fp16_channels_last", "channels_last"}
 
 def _nvlabs_kwargs(obj: PersistentObject, path: Path) -> dict:
     kwargs = dict(zip(GENERATOR_ARGS, obj.state.get("_init_args", ()))) | dict(obj.state.get("_init_kwargs", {}))
-    kwargs = _plain(kwargs)
+    kwargs = _plain(kwargs, _Budget(path, "init kwargs"))
     # The stylegan3 repo's StyleGAN2 Generator takes the synthesis options as flat keyword arguments.
     synthesis = dict(kwargs.pop("synthesis_kwargs", None) or {})
     synthesis.update({k: kwargs.pop(k) for k in list(kwargs) if k not in GENERATOR_ARGS})
@@ -144,13 +262,25 @@ def _nvlabs_kwargs(obj: PersistentObject, path: Path) -> dict:
     return kwargs | {"mapping_kwargs": mapping, "synthesis_kwargs": synthesis}
 
 
-def _flatten(obj: PersistentObject, path: Path, prefix: str = "") -> dict:
-    out = {prefix + k: v for group in ("_parameters", "_buffers") for k, v in obj.state.get(group, {}).items()
-           if v is not None}
-    for name, child in obj.state.get("_modules", {}).items():
+def _groups(state: dict, names: tuple[str, ...], prefix: str, path: Path):
+    """(name, value) of the dicts `names` in a module state, refused unless they are dicts with str keys."""
+    for group in names:
+        items = state.get(group, {})
+        if not isinstance(items, dict) or not all(isinstance(k, str) for k in items):
+            raise CheckpointError(f"'{prefix}{group}' of a network layer is not a dict of names", path,
+                                  "the file is damaged or not a network pickle")
+        yield from items.items()
+
+
+def _flatten(obj: PersistentObject, path: Path, prefix: str = "", budget: _Budget | None = None,
+             depth: int = 0) -> dict:
+    budget = budget or _Budget(path, "network layers")
+    budget.visit(depth)
+    out = {prefix + k: v for k, v in _groups(obj.state, ("_parameters", "_buffers"), prefix, path) if v is not None}
+    for name, child in _groups(obj.state, ("_modules",), prefix, path):
         if not isinstance(child, PersistentObject):
             raise CheckpointError(f"sub-module '{prefix}{name}' is a {type(child).__name__}, not a network layer", path)
-        out.update(_flatten(child, path, f"{prefix}{name}."))
+        out.update(_flatten(child, path, f"{prefix}{name}.", budget, depth + 1))
     return out
 
 
@@ -159,10 +289,11 @@ def _from_nvlabs(data: dict, network: str, path: Path) -> Generator:
     if not isinstance(obj, PersistentObject):
         found = ", ".join(k for k, v in data.items() if isinstance(v, PersistentObject))
         raise CheckpointError(f"no network '{network}' in it (found: {found})", path, "pass network='G_ema' or 'G'")
-    synthesis = obj.state.get("_modules", {}).get("synthesis")
+    modules = obj.state.get("_modules", {})
+    synthesis = modules.get("synthesis") if isinstance(modules, dict) else None
     if obj.class_name != "Generator" or not isinstance(synthesis, PersistentObject):
         raise CheckpointError(f"'{network}' is a {obj.class_name}, not a StyleGAN2 Generator", path)
-    if "b4" not in synthesis.state.get("_modules", {}):
+    if not isinstance(synthesis.state.get("_modules"), dict) or "b4" not in synthesis.state["_modules"]:
         raise CheckpointError(f"'{network}' has no synthesis.b4: not a StyleGAN2 generator (StyleGAN3?)", path,
                               "only StyleGAN2 generators are supported")
     return _fill(_build(path, _nvlabs_kwargs(obj, path)), _flatten(obj, path), path, ignored=("resample_filter",))
@@ -200,7 +331,7 @@ def _from_rosinality(ckpt: dict, network: str, path: Path) -> Generator:
     key = ROSINALITY_NETWORKS.get(network, network)
     sd = ckpt.get(key)
     if not isinstance(sd, dict):
-        raise CheckpointError(f"no network '{network}' (rosinality '{key}') in it (found: {', '.join(map(str, ckpt))})",
+        raise CheckpointError(f"no network '{network}' (rosinality '{key}') in it (found: {', '.join(str(k)[:40] for k in list(ckpt)[:8])})",
                               path, "pass network='G_ema' or 'G'")
     n_mlp = sum(1 for k in sd if re.fullmatch(r"style\.\d+\.weight", k))
     if not n_mlp or "input.input" not in sd:
@@ -231,7 +362,7 @@ def _from_rosinality(ckpt: dict, network: str, path: Path) -> Generator:
         _rosinality_layer(f"to_rgbs.{i}", f"synthesis.b{r}.torgb", table, is_torgb=True)
     # latent_avg belongs to g_ema; without it (training checkpoints, or 'g') w_avg is estimated below.
     latent_avg = ckpt.get("latent_avg") if key == "g_ema" else None
-    _fill(G, dict(sd, latent_avg=latent_avg if latent_avg is not None else torch.zeros([w_dim])), path, table,
+    G = _fill(G, dict(sd, latent_avg=latent_avg if latent_avg is not None else torch.zeros([w_dim])), path, table,
           ignored=("blur.kernel", "upsample.kernel"))
     if latent_avg is None:
         z = torch.randn([W_AVG_SAMPLES, G.z_dim], generator=torch.Generator().manual_seed(0))
@@ -265,10 +396,22 @@ TF_LAYOUTS = {  # TF variable layout -> ours
 }
 
 
-def _tf_variables(net: TFNetwork, prefix: str = "") -> dict:
-    out = {prefix + name: value for name, value in net.state.get("variables", [])}
-    for name, child in net.state.get("components", {}).items():
-        out.update(_tf_variables(child, f"{prefix}{name}/"))
+def _tf_variables(net: TFNetwork, path: Path, prefix: str = "", budget: _Budget | None = None, depth: int = 0) -> dict:
+    budget = budget or _Budget(path, "TensorFlow networks")
+    budget.visit(depth)
+    variables, components = net.state.get("variables", []), net.state.get("components", {})
+    if not isinstance(variables, list) or not all(
+            isinstance(v, tuple) and len(v) == 2 and isinstance(v[0], str) for v in variables):
+        raise CheckpointError(f"the variables of TensorFlow network '{prefix or '/'}' are not (name, array) pairs",
+                              path, "the file is damaged or not a TensorFlow StyleGAN2 pickle")
+    out = {prefix + name: value for name, value in variables}
+    if not isinstance(components, dict):
+        raise CheckpointError(f"the components of TensorFlow network '{prefix or '/'}' are not a dict", path)
+    for name, child in components.items():
+        if not isinstance(child, TFNetwork):
+            raise CheckpointError(f"TensorFlow component '{prefix}{name}' is a {type(child).__name__}, not a network",
+                                  path)
+        out.update(_tf_variables(child, path, f"{prefix}{name}/", budget, depth + 1))
     return out
 
 
@@ -287,9 +430,10 @@ def _from_tf(nets: tuple, network: str, path: Path) -> Generator:
         raise CheckpointError(f"no network '{network}' in it (found: G, D, Gs, read as 'G' and 'G_ema')", path,
                               "pass network='G_ema' or 'G'")
     net = nets[TF_NETWORKS[network]]
-    if net.state.get("version", 0) < 4:
-        raise CheckpointError(f"TensorFlow pickle version {net.state.get('version')} is too old (needs >= 4)", path)
-    static = _plain(dict(net.state.get("static_kwargs", {})))
+    version = net.state.get("version", 0)
+    if type(version) is not int or version < 4:
+        raise CheckpointError(f"TensorFlow pickle version {str(version)[:40]} is too old (needs >= 4)", path)
+    static = _plain(dict(net.state.get("static_kwargs", {})), _Budget(path, "static kwargs"))
     unknown = sorted(set(static) - set(TF_DEFAULTS) - set(TF_FIXED) - TF_RUNTIME_ONLY)
     if unknown:
         raise CheckpointError(f"unsupported TensorFlow generator option '{unknown[0]}'", path)
@@ -319,7 +463,7 @@ def _from_tf(nets: tuple, network: str, path: Path) -> Generator:
         if hasattr(block, "skip"):
             table[f"synthesis.b{r}.skip.weight"] = (f"{src}/Skip/weight", TF_LAYOUTS["up_conv"])
     # `lod` is G_main's level-of-detail scalar from progressive growing; StyleGAN2 never reads it.
-    return _fill(G, _tf_variables(net), path, table, ignored=("lod",))
+    return _fill(G, _tf_variables(net, path), path, table, ignored=("lod",))
 
 
 # --- The project's own format ------------------------------------------------------------------
@@ -349,7 +493,15 @@ def read_metadata(path: str | os.PathLike) -> dict:
     if header is None:
         raise CheckpointError(f"a safetensors file without toonify-fast metadata (no '{SAFETENSORS_KEY}' entry)", path,
                               "only generators written by save_generator load from .safetensors")
-    return json.loads(header)
+    try:
+        metadata = json.loads(header)
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"damaged toonify-fast metadata: {type(e).__name__}: {_short(e)}", path,
+                              "write it again with save_generator") from None
+    if not isinstance(metadata, dict) or not isinstance(metadata.get("init_kwargs"), dict):
+        raise CheckpointError("damaged toonify-fast metadata: no 'init_kwargs' dict", path,
+                              "write it again with save_generator")
+    return metadata
 
 
 # --- The one entry point -------------------------------------------------------------------------
@@ -371,17 +523,46 @@ def _container(path: Path) -> str:
     return "zip" if head.startswith(b"PK\x03\x04") else "pickle"
 
 
+def _check_torch_zip(path: Path) -> None:
+    """A torch.save zip whose records fit in the file and whose storages fit in their records."""
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        records = {info.filename: info.file_size for info in archive.infolist()}
+        if sum(records.values()) > size:
+            raise pickle.UnpicklingError(f"truncated: its records declare {sum(records.values())} bytes, more than "
+                                         f"the {size} bytes of the file")
+        pickles = [name for name in records if name.endswith("/data.pkl") and name.count("/") == 1]
+        if len(pickles) != 1:
+            raise zipfile.BadZipFile(f"{len(pickles)} data.pkl records where torch.save writes one")
+        data = archive.read(pickles[0])
+    prefix = pickles[0][: -len("data.pkl")]
+    for key, (numel, itemsize) in torch_pickle_storages(io.BytesIO(data)).items():
+        if numel * itemsize > records.get(f"{prefix}data/{key}", -1):
+            raise pickle.UnpicklingError(f"truncated: storage '{key[:40]}' declares {numel * itemsize} bytes, more "
+                                         "than its record holds")
+
+
 def _torch_load(path: Path) -> dict:
     try:
+        if zipfile.is_zipfile(path):
+            _check_torch_zip(path)
+        else:
+            with open(path, "rb") as f:
+                check_legacy_torch(f)
         # rosinality training checkpoints carry their argparse options, which are plain data.
         with torch.serialization.safe_globals([argparse.Namespace]):
             data = torch.load(path, map_location="cpu", weights_only=True)
+    except RefusedGlobal as e:
+        raise CheckpointError(f"refused to load: the torch file asks for `{e}`, which is not allowed; nothing it "
+                              "asked for was run", path, UNTRUSTED_HINT) from None
     except pickle.UnpicklingError as e:
-        raise CheckpointError(f"refused to load: the torch file asks for `{refused_name(e) or e}`, which "
-                              "weights-only loading does not allow; nothing it asked for was run", path,
-                              UNTRUSTED_HINT) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile) as e:
-        raise CheckpointError(f"damaged torch file: {str(e).splitlines()[0]}", path, "fetch the file again") from None
+        if name := refused_name(e):
+            raise CheckpointError(f"refused to load: the torch file asks for `{name}`, which weights-only loading "
+                                  "does not allow; nothing it asked for was run", path, UNTRUSTED_HINT) from None
+        raise CheckpointError(f"damaged torch file: {_short(e)}", path, "fetch the file again") from None
+    except Exception as e:  # noqa: BLE001 - torch reports damage as OSError, RuntimeError, UnicodeDecodeError, ...
+        raise CheckpointError(f"damaged torch file: {type(e).__name__}: {_short(e)}", path,
+                              "fetch the file again") from None
     if not isinstance(data, dict):
         raise CheckpointError(f"not a StyleGAN2 checkpoint: {_describe(data)}", path, FORMATS_HINT)
     return data
@@ -395,10 +576,26 @@ def load_generator(path: str | os.PathLike, network: str = "G_ema", device: str 
     rosinality 'g_ema', TF 'Gs') or 'G' (the raw training weights). A .safetensors file holds one.
     """
     path = _existing(path)
+    try:
+        G = _load(path, network)
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a structure no check above foresaw: still the file's fault
+        raise CheckpointError(f"malformed checkpoint: {type(e).__name__}: {_short(e)}", path, FORMATS_HINT) from None
+    return G.eval().requires_grad_(False).to(device)
+
+
+def _load(path: Path, network: str) -> Generator:
     container = _container(path)
     if container == "safetensors":
         from safetensors.torch import load_file
-        G = _fill(_build(path, read_metadata(path)["init_kwargs"]), load_file(str(path)), path)
+        G = _build(path, read_metadata(path)["init_kwargs"])
+        try:
+            tensors = load_file(str(path))
+        except Exception as e:  # noqa: BLE001 - safetensors reports every kind of damage as its own SafetensorError
+            raise CheckpointError(f"damaged safetensors file: {_short(e)}", path,
+                                  "write it again with save_generator") from None
+        G = _fill(G, tensors, path)
     elif container == "zip":
         G = _from_rosinality(_torch_load(path), network, path)
     else:
@@ -411,7 +608,7 @@ def load_generator(path: str | os.PathLike, network: str = "G_ema", device: str 
             G = _from_tf(tuple(data), network, path)
         else:
             raise CheckpointError(f"not a StyleGAN2 checkpoint: {_describe(data)}", path, FORMATS_HINT)
-    return G.eval().requires_grad_(False).to(device)
+    return G
 
 
 def file_sha256(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:

@@ -134,15 +134,27 @@ def resolve_shard(text: str | None, env: dict | None = None) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+MAX_SEEDS = 1024  # one grid column each
+SEED_LIMIT = 2**32  # numpy's RandomState takes seeds below this
+
+
 def parse_seeds(text: str) -> list[int]:
-    """'0-7' -> [0..7], '1,5,9' -> [1, 5, 9], '0-3,10' -> [0, 1, 2, 3, 10]."""
+    """'0-7' -> [0..7], '1,5,9' -> [1, 5, 9], '0-3,10' -> [0, 1, 2, 3, 10]; at most MAX_SEEDS seeds,
+    each below 2**32."""
     seeds = []
     for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
+        m = re.fullmatch(r"\s*(\d{1,20})\s*(?:-\s*(\d{1,20})\s*)?", part)
         if not m or (m.group(2) is not None and int(m.group(2)) < int(m.group(1))):
-            raise UsageError(f"cannot read seeds {text!r} (at {part.strip()!r})",
+            raise UsageError(f"cannot read seeds {text[:80]!r} (at {part.strip()[:40]!r})",
                              hint="write ranges and lists of non-negative integers: 0-7, 1,5,9 or 0-3,10")
-        seeds += range(int(m.group(1)), int(m.group(2) or m.group(1)) + 1)
+        first, last = int(m.group(1)), int(m.group(2) or m.group(1))
+        if last >= SEED_LIMIT:
+            raise UsageError(f"seed {last} is too large (at {part.strip()!r})",
+                             hint=f"seeds are integers from 0 to {SEED_LIMIT - 1}")
+        if len(seeds) + last - first + 1 > MAX_SEEDS:
+            raise UsageError(f"too many seeds in {text[:80]!r}: {len(seeds) + last - first + 1} or more, at most "
+                             f"{MAX_SEEDS}", hint="each seed is one grid column: ask for fewer, e.g. 0-7")
+        seeds += range(first, last + 1)
     return seeds
 
 

@@ -12,6 +12,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import subprocess
+import sys
 import stat
 import tempfile
 import threading
@@ -25,7 +28,7 @@ import pytest
 from PIL import Image
 
 from runtime.engine import ModelInfo
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, ROOT
 
 BASE = FIXTURES / "nvlabs_sg2ada_32.pkl"
 
@@ -183,3 +186,59 @@ def move_temp_folder(tmp_path: Path, monkeypatch) -> Path:
     folder.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(folder))
     return folder
+
+
+# Hostile checkpoints are loaded in a child process (python -m tests.helpers FILE...) under a memory
+# limit, so that a crash or a blow-up fails the test that made them, not pytest.
+MARK = "@@hostile "
+CHILD_AS_LIMIT = 6 << 30  # address space the child may add: a blow-up fails there, not in pytest
+
+
+def _status(key: str) -> int:
+    return int(re.search(key + r":\s+(\d+)", open("/proc/self/status").read()).group(1)) * 1024
+
+
+def _child(paths: list[str]) -> None:
+    import gc
+    import resource
+    import traceback
+
+    import torch
+
+    from distill.checkpoint import load_generator
+    from runtime.common import ToonifyError
+
+    torch.set_num_threads(1)
+    resource.setrlimit(resource.RLIMIT_AS, (_status("VmSize") + CHILD_AS_LIMIT,) * 2)
+    for path in paths:
+        gc.collect()
+        before = _status("VmRSS")
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets the peak (VmHWM) to the current resident size
+        print(MARK + json.dumps({"start": path}), flush=True)
+        try:
+            load_generator(path)
+            status, message = "loaded", ""
+        except ToonifyError as e:
+            status, message = "refused", str(e)
+        except BaseException:  # noqa: BLE001 - what the tests look for
+            status, message = "error", traceback.format_exc()
+        peak = (_status("VmHWM") - before) / 2**20
+        print(MARK + json.dumps({"path": path, "status": status, "message": message, "peak_mb": peak}), flush=True)
+
+
+def load_in_child(paths: list, timeout: float = 600) -> list[dict]:
+    """Load each path in one child process (in order) and return one result dict per path."""
+    proc = subprocess.run([sys.executable, "-m", "tests.helpers", *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+    lines = [json.loads(line[len(MARK):]) for line in proc.stdout.splitlines() if line.startswith(MARK)]
+    results = [r for r in lines if "status" in r]
+    if proc.returncode != 0 or len(results) != len(paths):
+        started = [r["start"] for r in lines if "start" in r]
+        raise AssertionError(f"the child died (exit {proc.returncode}) while loading "
+                             f"{started[-1] if started else '?'}:\n{proc.stderr[-3000:]}")
+    return results
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])
