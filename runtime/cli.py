@@ -2,6 +2,7 @@
 
     toonify-fast photo.jpg                 # writes photo_toon.png beside it
     toonify-fast video clip.mp4 -o toon.mp4
+    toonify-fast web model.onnx -o site/ && toonify-fast serve site/   # in the browser
     toonify-fast distill --help            # building a model (needs the `distill` extra)
 
 Each command is thin: it parses options and calls one library function. This module must
@@ -156,6 +157,29 @@ def video(
                               batch_size=batch_size, start=start, end=end, max_frames=max_frames, crop=crop,
                               live=live, sigma=sigma, guided=guide, codec=codec, crf=crf,
                               report=report))
+
+
+@app.command()
+def web(
+    model: Annotated[Path, typer.Argument(help="An exported model (.onnx): the site carries a copy.", show_default=False)],
+    output: Annotated[Path, typer.Option("-o", "--output", help="The site folder to write.")] = Path("site"),
+    webgpu: Annotated[bool, typer.Option(
+        "--webgpu/--no-webgpu", help="Also ship ONNX Runtime's WebGPU build (fetched only by browsers with WebGPU).")] = True,
+) -> None:
+    """Write a static site that converts photos and the webcam in the visitor's browser (serve it with `serve`)."""
+    from runtime.web import WebConfig, build_site
+    build_site(WebConfig(model=model, output=output, webgpu=webgpu))
+
+
+@app.command()
+def serve(
+    folder: Annotated[Path, typer.Argument(help="A site written by `toonify-fast web`.")] = Path("site"),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="TCP port (0: any free one).")] = 8000,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Serve a site on localhost with the headers that enable WASM threads (COOP and COEP)."""
+    from runtime.web import ServeConfig, serve as serve_site
+    serve_site(ServeConfig(folder=folder, port=port, host=host))
 
 
 def main(argv: Optional[list[str]] = None) -> None:
