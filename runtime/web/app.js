@@ -227,14 +227,20 @@ async function convertWhole(canvas) {
 
 // Toonify every face of an image (img, canvas, video frame, ImageBitmap or ImageData) ->
 // {canvas: the converted picture, faces: [{box, landmarks, quad, score}], largest first}.
-export async function toonify(image, {maxFaces = Infinity} = {}) {
+// landmarks: [[x, y] x 68] per face from a detector of the app's own (dlib's convention: pixel
+// centres on integers), used instead of face-api's.
+export async function toonify(image, {maxFaces = Infinity, landmarks = null} = {}) {
   const {info} = await ready();
   const canvas = copyToCanvas(image);
   if (info.alignment === 'none') {
     await convertWhole(canvas);
     return {canvas, faces: []};
   }
-  const faces = (await findFaces(canvas)).slice(0, maxFaces);
+  const given = landmarks && landmarks.map((lm) => {
+    const xs = lm.map((p) => p[0]), ys = lm.map((p) => p[1]);
+    return {box: [Math.min(...xs), Math.min(...ys), Math.max(...xs), Math.max(...ys)], landmarks: lm, quad: ffhqQuad(lm)};
+  });
+  const faces = (given || await findFaces(canvas)).slice(0, maxFaces);
   await convertFaces(canvas, faces);
   return {canvas, faces};
 }
