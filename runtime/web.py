@@ -13,7 +13,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
-import json
 import os
 import shutil
 import subprocess
@@ -174,7 +173,3 @@ def serve(cfg: ServeConfig) -> None:
     finally:
         server.server_close()
 
-
-def site_metadata(folder: Path) -> dict:
-    """The model.json a built site carries: {file, bytes, webgpu, metadata}."""
-    return json.loads((Path(folder) / MODEL_JSON).read_text())

@@ -13,8 +13,10 @@ import {OneEuroSmoother, paramsQuad, quadParams} from './track.js';
 const BASE = new URL('./', import.meta.url);
 const PARAMS = new URLSearchParams(location.search);
 // face-api's tiny detector looks at the photo scaled to this side (a multiple of 32): small
-// faces in group photos need more than its default 416.
+// faces in group photos need more than its default 416; a webcam's face is near and big, and
+// detection is most of a frame's time.
 const DETECT_SIDE = 512;
+const CAMERA_DETECT_SIDE = 320;
 const MIN_SCORE = 0.5;
 // x = u8 / 127.5 - 1 in float32, as runtime/images.py's hwc_to_nchw computes it.
 const TO_MODEL = Float32Array.from({length: 256}, (_, u) => Math.fround(Math.fround(u / 127.5) - 1));
@@ -94,9 +96,9 @@ function copyToCanvas(image) {
 }
 
 // Faces in a canvas, largest first: {box: [left, top, right, bottom], landmarks: [[x, y] x 68], quad}.
-export async function findFaces(canvas) {
+export async function findFaces(canvas, detectSide = DETECT_SIDE) {
   const {faceapi} = await ready();
-  const options = new faceapi.TinyFaceDetectorOptions({inputSize: DETECT_SIDE, scoreThreshold: MIN_SCORE});
+  const options = new faceapi.TinyFaceDetectorOptions({inputSize: detectSide, scoreThreshold: MIN_SCORE});
   const found = await faceapi.detectAllFaces(canvas, options).withFaceLandmarks();
   const faces = found.map((r) => {
     const b = r.detection.box;
@@ -284,7 +286,7 @@ async function cameraFrame(cam, now) {
   if (cam.canvas.width !== w || cam.canvas.height !== h) [cam.canvas.width, cam.canvas.height] = [w, h];
   const ctx = cam.canvas.getContext('2d', {willReadFrequently: true});
   ctx.drawImage(cam.video, 0, 0, w, h);
-  const faces = await findFaces(cam.canvas);
+  const faces = await findFaces(cam.canvas, CAMERA_DETECT_SIDE);
   const rate = cam.last === null ? cam.smoother.rate : 1000 / Math.max(now - cam.last, 1);
   cam.last = now;
   assignTracks(faces, cam);

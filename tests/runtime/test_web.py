@@ -270,7 +270,10 @@ def test_page_loads_isolated_on_wasm_threads_without_console_errors(page):
     assert hosts == [page.page.url.split("/")[2]]
 
 
-def test_style_and_strength_controls_appear_when_the_model_has_them(browser, url):
+def test_style_and_strength_controls_appear_when_the_model_has_them(browser, url, site):
+    # --no-webgpu leaves ORT's WebGPU build out; the page then never asks for an adapter.
+    assert (site / "ort" / "ort.webgpu.min.mjs").is_file() and not (site / "styled" / "ort" / "ort.webgpu.min.mjs").exists()
+    assert json.loads((site / "styled" / "model.json").read_text())["webgpu"] is False
     p = Page(browser, url + "styled/")
     try:
         assert p.errors == []

@@ -9,7 +9,6 @@ quad's smoothing params. One Euro smoothing and the feathered paste mask ride al
 """
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
