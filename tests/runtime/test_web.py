@@ -4,6 +4,7 @@ packages; where one is missing these tests fail saying how to install it (they n
 import base64
 import json
 import math
+import re
 import shutil
 import subprocess
 import sys
@@ -402,3 +403,16 @@ def test_webcam_converts_the_fake_camera_frame_by_frame(playwright, url, tmp_pat
         assert p.errors == []
     finally:
         b.close()
+
+
+def test_a_picked_photo_is_shown_and_downloadable(swap_page):
+    page = swap_page.page
+    page.set_input_files("#file", str(PHOTOS / "two_people.jpg"))
+    page.wait_for_selector("#download", state="visible", timeout=30_000)
+    assert re.fullmatch(r"two_people\.jpg: 2 faces, \d+ ms", page.text_content("#status"))
+    assert page.get_attribute("#download", "download") == "two_people_toon.png"
+    assert page.eval_on_selector("#result", "c => [c.width, c.height]") == [1126, 661]
+    page.set_input_files("#file", str(PHOTOS / "dogs.jpg"))
+    page.wait_for_function("document.getElementById('status').textContent === 'dogs.jpg: no face found'",
+                           timeout=30_000)
+    assert swap_page.errors == []
