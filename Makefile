@@ -20,7 +20,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install web-deps demo test test-all bench clean
 
 install: $(STAMP)
 
@@ -34,11 +34,30 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/toonify-fast distill demo
 
-test: $(STAMP)
+test: $(STAMP) web-deps
 	$(PY) -m pytest -q
 
-test-all: $(STAMP)
+test-all: $(STAMP) web-deps
 	$(PY) -m pytest -q -m ""
+
+# The browser tests (tests/runtime/test_web.py) need Debian's chromium and the page's npm packages,
+# installed from runtime/web/package-lock.json. As root both install here; otherwise the message
+# says what to run.
+CHROMIUM := /usr/bin/chromium
+WEB := runtime/web
+ROOT_HINT = { echo "the browser tests need $(1): as root run: $(2)" >&2; exit 1; }
+
+web-deps: $(CHROMIUM) $(WEB)/node_modules/.package-lock.json
+
+$(CHROMIUM):
+	if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q chromium; \
+	else $(call ROOT_HINT,Debian's chromium,apt-get update && apt-get install -y chromium); fi
+
+$(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json $(WEB)/package.json
+	command -v npm >/dev/null || if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q nodejs npm; \
+	else $(call ROOT_HINT,node and npm,apt-get update && apt-get install -y nodejs npm); fi
+	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
 
 # The head-to-head benchmark compares against the demo's teacher and student.
 bench: $(STAMP)
@@ -46,4 +65,4 @@ bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info $(WEB)/node_modules

@@ -3,6 +3,7 @@
 
     toonify-fast photo.jpg                 # writes photo_toon.png beside it
     toonify-fast video clip.mp4 -o toon.mp4
+    toonify-fast web model.onnx -o site/ && toonify-fast serve site/   # in the browser
     toonify-fast distill --help            # building a model (needs the `distill` extra)
 
 Each command is thin: its options are its config's fields (runtime.options), and it calls one
@@ -22,6 +23,7 @@ from runtime.common import ToonifyError, UsageError, console, note
 from runtime.options import command
 from runtime.photos import ConvertConfig
 from runtime.video import VideoConfig
+from runtime.web import ServeConfig, WebConfig
 
 app = typer.Typer(
     help="Turn faces into cartoon characters in real time with an exported toonify-fast model.\n\n"
@@ -94,6 +96,20 @@ def video(cfg: VideoConfig) -> None:
     """Toonify every face in a video or a folder of frames, keeping timing, frame count and audio."""
     from runtime.video import convert_video
     convert_video(cfg)
+
+
+@command(app, WebConfig, arguments=("model",))
+def web(cfg: WebConfig) -> None:
+    """Write a static site that converts photos and the webcam in the visitor's browser (serve it with `serve`)."""
+    from runtime.web import build_site
+    build_site(cfg)
+
+
+@command(app, ServeConfig, arguments=("folder",))
+def serve(cfg: ServeConfig) -> None:
+    """Serve a site on localhost with the headers that enable WASM threads (COOP and COEP)."""
+    from runtime.web import serve as serve_site
+    serve_site(cfg)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

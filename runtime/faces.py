@@ -86,6 +86,19 @@ def ffhq_quad(landmarks: np.ndarray) -> np.ndarray:
     return np.stack([c - x - y, c - x + y, c + x + y, c + x - y]).astype(np.float32)
 
 
+def crop_transform(quad: np.ndarray, size: int) -> np.ndarray:
+    """The [2, 3] float64 affine map from a size x size crop of `quad` to the image: crop point p
+    lies at A[:, :2] @ p + A[:, 2], both in continuous coordinates (pixel i spans [i, i+1)), so the
+    crop's corners (0, 0), (0, size), (size, size), (size, 0) land on quad + 0.5.
+
+    The one definition of the crop: align samples through it and the browser's align.js
+    reproduces it (tests/runtime/alignment_vectors.json).
+    """
+    q = np.asarray(quad, np.float64) + 0.5                  # pixel centres on integers -> continuous
+    tl, bl, tr = q[0], q[1], q[3]
+    return np.stack([(tr - tl) / size, (bl - tl) / size, tl], axis=1)
+
+
 def _warp(src: Image.Image, out_size: tuple[int, int], to_src: np.ndarray,
           resample: Image.Resampling = Image.Resampling.BILINEAR) -> Image.Image:
     """Affine warp of `src`: output point p (continuous coordinates, pixel i spans [i, i+1))
@@ -136,8 +149,8 @@ def align(image: np.ndarray, quad: np.ndarray, size: int) -> np.ndarray:
         raise ValueError(f"quad {np.asarray(quad).tolist()} lies outside the {w}x{h} image")
     region = rgb[max(y0, 0):min(y1, h), max(x0, 0):min(x1, w)]
     region = np.pad(region, ((max(-y0, 0), max(y1 - h, 0)), (max(-x0, 0), max(x1 - w, 0)), (0, 0)), mode="reflect")
-    tl, bl, tr = q[0] - (x0, y0), q[1] - (x0, y0), q[3] - (x0, y0)
-    to_src = np.stack([(tr - tl) / size, (bl - tl) / size, tl], axis=1)
+    to_src = crop_transform(quad, size)
+    to_src[:, 2] -= (x0, y0)                                # into the padded region's coordinates
     return np.asarray(_warp(Image.fromarray(region), (size, size), to_src))
 
 

@@ -91,7 +91,7 @@ def _parameter(f: dataclasses.Field, tp, meta: dict, argument: bool) -> tuple[in
             cli_type = Optional[cli_type]
     name = f.name.replace("_", "-")
     if argument:
-        info = typer.Argument(metavar=meta["metavar"] or f.name.upper(), help=meta["help"], show_default=False)
+        info = typer.Argument(metavar=meta["metavar"] or f.name.upper(), help=meta["help"], show_default=has_default)
     else:
         flags = meta["flags"] or (("-o", "--output") if f.name == "output" else
                                   (f"--{name}/--no-{name}",) if tp is bool and f.default is True else (f"--{name}",))

@@ -85,6 +85,23 @@ def make_toon(path, seed: int = 1):
     return base, toon
 
 
+def make_student(path: Path, res: int = 32, perturb: float = 0.03, seed: int = 0) -> Path:
+    """A lite student file at `res` px like `distill train` writes, its weights moved off their
+    initial values (a trained student's norms and biases are not at theirs), teachers 'a'*64, 'b'*64."""
+    import torch
+
+    from distill.runs import StudentInfo, save_student
+    from distill.translator import PRESETS, build_generator
+    torch.manual_seed(seed)
+    G = build_generator("lite")
+    with torch.no_grad():
+        for p in G.parameters():
+            p.add_(perturb * torch.randn_like(p))
+    save_student(G, path, StudentInfo(PRESETS["lite"], "lite", res, teacher_base_sha256="a" * 64,
+                                      teacher_blended_sha256="b" * 64))
+    return path
+
+
 def fake_vgg_state(arch: str) -> dict[str, torch.Tensor]:
     """A TEST FIXTURE: random weights in torchvision's VGG state dict layout (features + classifier)."""
     import torch
