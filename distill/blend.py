@@ -27,8 +27,9 @@ from typing import Callable, Mapping, Optional
 
 import torch
 
-from distill.checkpoint import file_sha256, load_generator, save_generator, state_dict_difference
+from distill.checkpoint import file_sha256, load_generator, save_generator
 from distill.stylegan2 import Generator, architecture_difference
+from distill.weights import state_dict_difference
 from runtime.common import ToonifyError, UsageError, console, jsonable, note, output_suffix
 from runtime.options import setting
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.checkpoint import state_dict_difference
+from distill.weights import state_dict_difference
 from distill.safe_pickle import refused_name
 from runtime.common import ToonifyError
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from distill.checkpoint import state_dict_difference
+from distill.weights import state_dict_difference
 from distill.translator import StudentConfig, build_generator
 from runtime.common import ToonifyError, atomic_path, console, write_json_atomic
 from runtime.images import image_grid, nchw_to_hwc, write_image
