@@ -106,7 +106,7 @@ class PhaseConv(torch.nn.Module):
     equal stride-2 conv, one kernel larger, to 4x the channels (one per output pixel's row and
     column parity) and a pixel shuffle. ONNX Runtime's blocked convolutions pad output channels to
     a multiple of 8 or 16, so 3 channels cost as much as 16: 12 use the blocks, and the stride
-    quarters the positions (2.5x faster on the student's last layer). Needs even input sizes,
+    quarters the positions (bench/student.py times the forms). Needs even input sizes,
     which the student's (multiples of its size multiple, plus symmetric padding) always are."""
 
     def __init__(self, conv: torch.nn.Conv2d):
@@ -161,8 +161,9 @@ def stable_norms(model: onnx.ModelProto, count: int) -> onnx.ModelProto:
     students' affine-free norms) as LayerNormalization over (H, W), the same function. ONNX
     Runtime's CPU instance norm takes the variance in one pass (E[x^2] - E[x]^2), which loses
     digits where a channel's mean dwarfs its spread, as on the first layers' image-like activations
-    of a smooth photo (the full student at 512 px: 3.4e-4 from float64, PyTorch 1.2e-5). Its
-    LayerNormalization is exact there (2e-7) but about 3.5x slower, so it is used only where needed."""
+    of a smooth photo (the full student at 512 px misses the float32 parity limit there). Its
+    LayerNormalization is exact but slower (bench/runtime.py times the export), so it is used only
+    where needed."""
     model = copy.deepcopy(model)
     values = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
     values |= {n.output[0]: onnx.numpy_helper.to_array(a.t) for n in model.graph.node if n.op_type == "Constant"

@@ -8,7 +8,7 @@ ONNX Runtime's QDQ format: per-channel int8 weights and uint8 activations, whose
 running the float32 graph on calibration images (the 99.999th percentile of each activation, so
 one outlier pixel does not waste the 8 bits). The first and last convolutions stay float32: they
 see and make the image itself, cost little, and quantizing them costs the most quality. On CPUs
-with VNNI (AVX512-VNNI, AVX-VNNI) the int8 convolutions run about 3.5x faster than float32 ones
+with VNNI (AVX512-VNNI, AVX-VNNI) the int8 convolutions run several times faster than float32 ones
 (bench/runtime.py measures the whole student).
 
 int8 changes the numbers, so the float32 parity limit does not apply: the export is checked
