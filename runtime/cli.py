@@ -79,13 +79,20 @@ def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx)."
     from rich.table import Table
     from rich.text import Text
 
-    from runtime.engine import LABELS, Toonifier, available_providers, read_model_info
+    from runtime.common import printable
+    from runtime.engine import LABELS, ModelError, Toonifier, available_providers, read_model_info
     meta = read_model_info(model).to_metadata()
-    table = Table(title=str(model), show_header=False)
+    # Everything shown comes from the file: as plain text (a name may hold [/x]), control characters escaped.
+    table = Table(title=Text(printable(str(model))), show_header=False)
     for key, value in meta.items():
-        table.add_row(key, Text(value))
+        table.add_row(Text(printable(key)), Text(printable(value)))
     table.add_row("providers here", ", ".join(LABELS[p] for p in available_providers()))
-    toonifier = Toonifier(model, "auto")
+    try:
+        toonifier = Toonifier(model, "auto")
+    except ModelError as e:
+        table.add_row("problem", Text(printable(e.reason)))
+        Console(soft_wrap=True).print(table)
+        raise
     why = toonifier.fallback_reason
     table.add_row("auto runs on", Text(LABELS[toonifier.provider] + (f" ({why})" if why else "")))
     Console(soft_wrap=True).print(table)

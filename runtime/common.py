@@ -74,10 +74,19 @@ class Interrupted(ToonifyError):
     exit_code = 130
 
 
+def printable(text: str) -> str:
+    """`text` with every control or format character (terminal escapes, carriage returns, bidi
+    overrides) shown as a Python escape (\\x1b, \\r, \\u202e): for anything printed that came
+    from a file or a file name, so that it cannot move the cursor, recolour or retitle the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def note(text: str, kind: str = "note") -> None:
     """One line on stderr: 'note: ...' (kind 'note'), 'warning: ...' or 'error: ...'; `text` is plain
-    (file names may hold rich markup such as [/x], so nothing in it is interpreted)."""
+    (file names may hold rich markup such as [/x], so nothing in it is interpreted, and control
+    characters are shown escaped; a hint keeps its own line)."""
     colour = {"note": "yellow", "warning": "yellow", "error": "red"}[kind]
+    text = "\n".join(printable(line) for line in text.split("\n"))
     console.print(f"[{colour}]{kind}:[/{colour}] {escape(text)}", soft_wrap=True)
 
 
