@@ -13,13 +13,14 @@ runtime without PyTorch): `distill` is loaded only for its own subcommands.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from runtime.common import ToonifyError, UsageError, console, note
+from runtime.common import Interrupted, ToonifyError, UsageError, console, note
 from runtime.options import command
 from runtime.photos import ConvertConfig
 from runtime.video import VideoConfig
@@ -125,11 +126,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
     if argv and not argv[0].startswith("-") and argv[0] not in commands:
         argv.insert(0, "convert")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM as Ctrl-C: the work in progress is dropped cleanly (no partial files left behind).
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         app(argv, prog_name="toonify-fast")
     except ToonifyError as e:
         note(str(e), "error")
         sys.exit(e.exit_code)
+    except SystemExit as e:
+        if e.code == Interrupted.exit_code:       # typer's answer to Ctrl-C, which says nothing
+            note("interrupted: nothing was written for the work in progress", "error")
+        raise
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         return
     target = _link_target(dest)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.partial-", dir=target.parent, suffix=suffix)
+    remove_stale_partials(target.parent, target.stem)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target.stem), dir=target.parent, suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -152,6 +153,48 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def partial_prefix(name: str) -> str:
+    """The start of the temporary name atomic_path (and atomic_dir) writes `name` under:
+    `.{name}.partial-{pid}-`, then a random part and the suffix. The pid tells a rerun which
+    partials were left by a process that was killed (SIGKILL, a crash) and can go."""
+    return f".{name}.partial-{os.getpid()}-"
+
+
+def remove_stale_partials(folder: Path, name: str) -> list[Path]:
+    """Remove the partial files and folders of `name` in `folder` whose writer is no longer
+    running (no process has the pid in their name); returns what was removed. Partials of live
+    processes, this one's included, are left alone: they are still being written."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.partial-(\d+)-")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True        # another user's process, or no pid at all: not ours to judge
+    return True
 
 
 def _link_target(dest: Path) -> Path:
@@ -192,7 +235,8 @@ def _in_place(dest: Path, descriptor: int | None, suffix: str) -> Iterator[Path]
         raise UsageError("this is a socket: an output cannot be written into it", dest,
                          hint="write to a file, a device or a named pipe")
     # Not beside dest: a device's folder (/dev) is no place for a large temporary file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.partial-", suffix=suffix)
+    remove_stale_partials(Path(tempfile.gettempdir()), dest.stem)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(dest.stem), suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
     try:

@@ -20,7 +20,7 @@ from typing import Iterator
 import av
 import numpy as np
 
-from runtime.common import UMASK, ToonifyError, UsageError, note
+from runtime.common import UMASK, ToonifyError, UsageError, note, partial_prefix, remove_stale_partials
 from runtime.images import IMAGE_SUFFIXES, ImageError, list_images, natural_key, read_image, write_image
 
 CRF_CODECS = {"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1"}
@@ -126,7 +126,7 @@ class FolderReader:
         self.frames_hint, self.unreadable = len(self.paths), set()
 
     def frames(self) -> Iterator[Frame]:
-        index = 0
+        index, size = 0, None
         for path in self.paths:
             if path in self.unreadable:
                 continue
@@ -134,6 +134,13 @@ class FolderReader:
                 rgb, alpha = read_image(path)
             except ImageError as e:
                 note(f"skipped {e}", "warning")
+                self.unreadable.add(path)
+                continue
+            # Faces are followed from frame to frame, so every frame must have the first one's size.
+            size = size or rgb.shape[:2]
+            if rgb.shape[:2] != size:
+                note(f"skipped {path}: {rgb.shape[1]}x{rgb.shape[0]}, not the {size[1]}x{size[0]} of the first "
+                     "frame", "warning")
                 self.unreadable.add(path)
                 continue
             yield Frame(index, rgb, name=path.name, alpha=alpha)
@@ -300,7 +307,8 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield a new folder beside `dest`; it becomes `dest` in one rename only if the block succeeds.
     `dest` must not exist or be an empty folder (the caller checks before starting work)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    remove_stale_partials(dest.parent, dest.name)
+    tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(dest.name), dir=dest.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~UMASK)   # mkdtemp made it private
