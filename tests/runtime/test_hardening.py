@@ -116,3 +116,154 @@ def test_info_shows_markup_and_escapes_from_the_file_as_plain_text(tmp_path, cap
     assert "\\x1b]0;owned\\x07\\x1b[2J[/x][red]" in out and "note\\x1b[31m" in out and "a\\rb" in out
     assert "[/x]/m[b].onnx" in out
     assert printable("ok [b] é\t\u202e") == "ok [b] é\\t\\u202e"
+
+
+@pytest.fixture(scope="module")
+def face_model(tmp_path_factory):
+    return build_model(tmp_path_factory.mktemp("model") / "invert64.onnx", "invert", resolution=64, size_multiple=4)
+
+
+def clip_frames(path, count):
+    import av
+    with av.open(str(path)) as c:
+        return [f.to_ndarray(format="rgb24") for _, f in zip(range(count), c.decode(video=0))]
+
+
+def run_main(capsys, *args):
+    """The real entry point in-process -> (exit status, stdout, stderr with whitespace collapsed)."""
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+def test_frames_of_another_size_are_skipped_and_markup_in_paths_is_plain(tmp_path, photos_dir, face_model, capsys):
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, rgb in enumerate(clip_frames(photos_dir / "short_hamilton_clip.mp4", 4)):
+        write_image(frames / f"f{i}.png", rgb[::2, ::2] if i == 2 else rgb)
+    out = tmp_path / "o[" / "x]"               # printed as .../o[/x]: a closing tag to rich
+    code, _, err = run_main(capsys, "video", frames, "-o", out, "-m", face_model, "--provider", "cpu")
+    assert code == 0, err
+    assert f"warning: skipped {frames / 'f2.png'}: 320x180, not the 640x360 of the first frame" in err
+    assert sorted(p.name for p in out.iterdir()) == ["f0.png", "f1.png", "f3.png"]
+    assert f"-> {out}" in err
+
+
+def test_a_report_onto_the_input_or_the_output_is_refused(tmp_path, photos_dir, face_model, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes((photos_dir / "short_hamilton_clip.mp4").read_bytes())
+    before = clip.read_bytes()
+    for report, which in ((clip, "input"), (tmp_path / "toon.mp4", "output")):
+        code, _, err = run_main(capsys, "video", clip, "-o", tmp_path / "toon.mp4", "--report", report,
+                                "-m", face_model, "--provider", "cpu")
+        assert (code, err) == (2, f"error: {report}: the report would overwrite the {which} hint: choose another --report")
+    assert clip.read_bytes() == before and not (tmp_path / "toon.mp4").exists()
+
+
+def test_a_named_pipe_as_input_is_refused_not_waited_on(tmp_path, face_model, capsys):
+    white = tmp_path / "white.png"
+    write_image(white, np.full((32, 32, 3), 255, np.uint8))
+    os.mkfifo(tmp_path / "pipe.png")
+    os.mkfifo(tmp_path / "pipe.mp4")
+    summary = convert_photos(ConvertConfig(inputs=(str(tmp_path / "pipe.png"), str(white)), model=face_model,
+                                           provider="cpu", align=False))
+    err = " ".join(capsys.readouterr().err.split())
+    assert (summary.converted, summary.failed) == (1, 1)
+    assert (f"error: {tmp_path / 'pipe.png'}: not a regular file (a named pipe, device or socket): refused "
+            "hint: copy it into a file first") in err
+    code, _, err = run_main(capsys, "video", tmp_path / "pipe.mp4", "-o", tmp_path / "t.mp4", "-m", face_model)
+    assert (code, err) == (2, f"error: {tmp_path / 'pipe.mp4'}: not a regular file (a named pipe, device or socket): "
+                              "refused hint: copy it into a file first")
+
+
+def test_a_glob_through_a_loop_of_links_is_refused(tmp_path, capsys):
+    (tmp_path / "a.png").write_bytes(b"")
+    os.symlink(".", tmp_path / "l1")
+    os.symlink(".", tmp_path / "l2")
+    pattern = f"{tmp_path}/**/*.png"
+    started = time.perf_counter()
+    code, _, err = run_main(capsys, pattern, "-m", tmp_path / "none.onnx")
+    assert time.perf_counter() - started < 20
+    assert (code, err) == (2, f"error: {pattern!r} goes round a loop of symbolic links: {tmp_path / 'l1'} is "
+                              f"{tmp_path} again hint: remove the link that points back up, or narrow the pattern")
+
+
+def test_an_empty_folder_named_like_an_image_is_one_failed_input(tmp_path, face_model, capsys):
+    white = tmp_path / "white.png"
+    write_image(white, np.full((32, 32, 3), 255, np.uint8))
+    (tmp_path / "x.jpg").mkdir()
+    code, _, err = run_main(capsys, tmp_path / "x.jpg", white, "-m", face_model, "--provider", "cpu", "--no-align")
+    assert code == 1 and f"error: {tmp_path / 'x.jpg'}: is a folder, not an image" in err
+    assert "1 converted, 1 failed" in err and (tmp_path / "white_toon.png").is_file()
+
+
+@pytest.mark.parametrize("name, reason, hint", [
+    ("out.xyz", "unknown image format '.xyz'",
+     "use .png, .jpg, .webp or .bmp, or give a folder (a name without an extension)"),
+    (".png", "-o .png is a hidden name with no extension, not a .png file",
+     "name the file (-o photo.png) or give a folder")])
+def test_an_output_name_no_image_format_has_is_refused_before_work(tmp_path, face_model, capsys, name, reason, hint):
+    white = tmp_path / "white.png"
+    write_image(white, np.full((32, 32, 3), 255, np.uint8))
+    code, _, err = run_main(capsys, white, "-o", tmp_path / name, "-m", face_model, "--no-align")
+    assert (code, err) == (2, f"error: {tmp_path / name}: {reason} hint: {hint}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["white.png"]
+
+
+def dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+def test_a_rerun_removes_the_partials_of_killed_runs_only(tmp_path):
+    dead, out = dead_pid(), tmp_path / "out.png"
+    stale = [tmp_path / f".out.partial-{dead}-abc123.png", tmp_path / f".toon.partial-{dead}-q1w2e3"]
+    stale[0].write_bytes(b"half")
+    stale[1].mkdir()
+    (stale[1] / "000001.png").write_bytes(b"half")
+    sleeper = subprocess.Popen(["sleep", "60"])
+    try:
+        live = [tmp_path / f".out.partial-{os.getpid()}-mine.png", tmp_path / f".out.partial-{sleeper.pid}-theirs.png",
+                tmp_path / f".other.partial-{dead}-x.png"]
+        for path in live:
+            path.write_bytes(b"in progress")
+        write_image(out, np.zeros((8, 8, 3), np.uint8))
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name] + [p.name for p in live + [stale[1]]])
+        from runtime.videoio import atomic_dir
+        with atomic_dir(tmp_path / "toon") as folder:
+            (folder / "a.png").write_bytes(b"x")
+        assert not stale[1].exists() and (tmp_path / "toon" / "a.png").is_file()
+        assert all(p.exists() for p in live)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_sigkill_mid_write_leaves_a_partial_that_the_next_write_removes(tmp_path):
+    out = tmp_path / "out.bin"
+    code = ("import sys, time; from pathlib import Path; from runtime.common import atomic_path\n"
+            "with atomic_path(Path(sys.argv[1])) as tmp:\n"
+            "    tmp.write_bytes(b'half'); print(tmp.name, flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    name = child.stdout.readline().strip()
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    assert name.startswith(f".out.partial-{child.pid}-") and (tmp_path / name).exists()
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(b"whole")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and out.read_bytes() == b"whole"
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_signal_says_interrupted_and_exits_130(tmp_path, how):
+    code = ("import os, signal, time; import runtime.photos as photos; from runtime.cli import main\n"
+            f"photos.convert_photos = lambda cfg: (os.kill(os.getpid(), signal.{how}), time.sleep(30))\n"
+            "main(['convert', 'a.png'])\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr.strip()) == (130, "error: interrupted: nothing was written for the work in "
+                                                         "progress")
