@@ -23,6 +23,9 @@ import numpy as np
 from runtime.common import UMASK, ToonifyError, UsageError, note, partial_prefix, remove_stale_partials
 from runtime.images import IMAGE_SUFFIXES, ImageError, list_images, natural_key, read_image, write_image
 
+# A video stream ending this many seconds before the header's duration is cut short, not just
+# shorter than its audio.
+TRUNCATED_BY = 1.0
 CRF_CODECS = {"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1"}
 # x264/x265's "medium" costs several times the CPU of "veryfast" for a slightly smaller file at
 # the same crf, and that CPU is taken from the model running beside the encoder. For x264,
@@ -62,6 +65,7 @@ class VideoReader:
             self.time_base, self.rate = s.time_base, s.average_rate or s.guessed_rate or 30
             self.has_audio = bool(c.streams.audio)
             origin = c.start_time / av.time_base if c.start_time is not None else 0.0
+            self.duration = c.duration / av.time_base if c.duration else None   # all streams, as the header says
             whole = start is None and end is None
             self.frames_hint = min(filter(None, [s.frames if whole else None, max_frames]), default=None)
         # Seconds on the input's own clock.
@@ -77,7 +81,7 @@ class VideoReader:
                              hint="check that the file is a complete video (mp4, mkv, mov, webm, avi, ...)") from None
 
     def frames(self) -> Iterator[Frame]:
-        index, pts = 0, None
+        index, pts, t = 0, None, None
         with self.open() as c:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
@@ -95,7 +99,7 @@ class VideoReader:
                     if index == self.max_frames:
                         self.limited = True
                         return
-                    yield Frame(index, f.to_ndarray(format="rgb24"), pts)
+                    yield Frame(index, upright(f.to_ndarray(format="rgb24"), f.rotation), pts)
                     index += 1
             except av.FFmpegError as e:
                 note(f"{self.path}: the video stream is corrupt after frame {index} ({e.strerror or e})"
@@ -105,6 +109,18 @@ class VideoReader:
                 # Frame threading hides the decoder's error at a cut: the stream just ends early.
                 note(f"{self.path}: the video stream ends after {index} of the {s.frames} frames its header "
                      f"announces (a truncated file?); converting those {index}", "warning")
+            elif (not self.shifted and self.last == math.inf and not s.frames and self.duration and t is not None
+                  and t < self.first + self.duration - TRUNCATED_BY):
+                # Matroska and WebM announce no frame count, only a duration.
+                note(f"{self.path}: the video stream ends at {t - self.first:.2f} s of the {self.duration:.2f} s its "
+                     f"header announces (a truncated file?); converting the {index} frames before", "warning")
+
+
+def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """A decoded [H, W, 3] frame as it is shown: `rotation` is the stream's display rotation in
+    degrees counter-clockwise (PyAV's VideoFrame.rotation; -90 for a phone held upright)."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 class FolderReader:

@@ -267,3 +267,62 @@ def test_a_signal_says_interrupted_and_exits_130(tmp_path, how):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stderr.strip()) == (130, "error: interrupted: nothing was written for the work in "
                                                          "progress")
+
+
+def remux(src_path, dst_path, rotation=None):
+    """Copy every packet of src_path into dst_path (container from its extension), with a display
+    rotation on the video stream as a phone stores it."""
+    import av
+    with av.open(str(src_path)) as src, av.open(str(dst_path), "w") as dst:
+        streams = {s.index: dst.add_stream_from_template(s) for s in src.streams}
+        if rotation is not None:
+            streams[src.streams.video[0].index].set_display_rotation(rotation)
+        for packet in src.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                dst.mux(packet)
+    return dst_path
+
+
+def phone_clip(path, frames, rotation=-90):
+    """A clip stored as a phone stores it: the pictures turned sideways, with a display rotation
+    that turns them back (lossless FFV1, 25 frames/s)."""
+    import av
+    turns = round(rotation / 90) % 4
+    stored = [np.ascontiguousarray(np.rot90(f, -turns)) for f in frames]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("ffv1", rate=25)
+        s.height, s.width = stored[0].shape[:2]
+        s.set_display_rotation(rotation)
+        for f in stored:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    return path
+
+
+def test_a_clip_stored_rotated_is_converted_upright(tmp_path, photos_dir, face_model):
+    from runtime.video import VideoConfig, convert_video
+    frames = clip_frames(photos_dir / "short_hamilton_clip.mp4", 144)[140:]
+    upright = phone_clip(tmp_path / "upright.mkv", frames, rotation=0)
+    phone = phone_clip(tmp_path / "phone.mkv", frames, rotation=-90)
+    a = convert_video(VideoConfig(upright, tmp_path / "a.mkv", face_model, provider="cpu", codec="ffv1"))
+    b = convert_video(VideoConfig(phone, tmp_path / "b.mkv", face_model, provider="cpu", codec="ffv1"))
+    assert a["faces_per_frame"] == [1, 1, 1, 1] and b["faces_per_frame"] == [1, 1, 1, 1]
+    shown, reference = clip_frames(tmp_path / "b.mkv", 4), clip_frames(tmp_path / "a.mkv", 4)
+    assert shown[0].shape == (360, 640, 3)
+    # Equal up to the 4:2:0 chroma of the stored (turned) pictures and the face found in them.
+    assert max(np.abs(x.astype(int) - y).mean() for x, y in zip(shown, reference)) < 2
+
+
+def test_a_truncated_mkv_converts_what_is_there_and_says_so(tmp_path, photos_dir, face_model, capsys):
+    from runtime.video import VideoConfig, convert_video
+    whole = remux(photos_dir / "short_hamilton_clip.mp4", tmp_path / "whole.mkv")
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(whole.read_bytes()[:whole.stat().st_size * 55 // 100])
+    report = convert_video(VideoConfig(cut, tmp_path / "out.mp4", face_model, provider="cpu", sigma=0))
+    err = " ".join(capsys.readouterr().err.split())
+    n = report["frames"]
+    assert 100 < n < 275
+    assert f"the video stream ends at " in err and f"of the 10.03 s its header announces (a truncated file?); " \
+           f"converting the {n} frames before" in err
+    assert len(clip_frames(tmp_path / "out.mp4", 300)) == n
