@@ -23,7 +23,8 @@ from torch import nn
 
 from distill.checkpoint import state_dict_difference
 from distill.translator import StudentConfig, build_generator
-from runtime.common import ToonifyError, atomic_path, console, write_json_atomic
+from runtime.common import (ToonifyError, atomic_path, console, read_json, write_bytes_atomic, write_error,
+                            write_json_atomic)
 from runtime.images import image_grid, nchw_to_hwc, write_image
 
 STUDENT_FORMAT = "toonify-fast-student"
@@ -90,7 +91,11 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise RunFolderError("no config.json: not a training run folder", run_dir,
                              hint="pass a folder made by `distill train`, e.g. runs/00003-lite-256")
-    return json.loads(path.read_text())
+    hint = "config.json is damaged (edited, or cut short by a full disk): restore it, or start a new run"
+    record = read_json(path, hint, RunFolderError)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunFolderError("damaged: it holds no training settings (no \"config\" object)", path, hint=hint)
+    return record
 
 
 def save_student(G: nn.Module, path: Path, info: StudentInfo) -> None:
@@ -131,23 +136,53 @@ class RunFolder:
     """The files of one run, all written by rank 0: a numbered folder with config.json, log.txt,
     stats.jsonl, tensorboard/, samples/, checkpoints/latest.pt and the student files."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resumed_at: int | None = None):
+        """`resumed_at`: the step of the checkpoint a resumed run goes on from; what the logs hold
+        of later steps (written before a kill) is cut, so no step is logged twice."""
         from torch.utils.tensorboard import SummaryWriter
         self.path = path
-        self.tb = SummaryWriter(str(path / "tensorboard"))
+        if resumed_at is not None:
+            self.rewind(resumed_at)
+        # purge_step: TensorBoard drops the events of the killed session's later steps.
+        self.tb = SummaryWriter(str(path / "tensorboard"), purge_step=resumed_at)
 
     @classmethod
     def create(cls, out: Path, name: str) -> RunFolder:
         """The next free out/NNNNN-name folder (numbers count up from the highest in out)."""
-        out.mkdir(parents=True, exist_ok=True)
-        number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
-        while True:   # another run may take the number between our look and our mkdir
-            path = out / f"{number:05d}-{name}"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
+            while True:   # another run may take the number between our look and our mkdir
+                path = out / f"{number:05d}-{name}"
+                try:
+                    path.mkdir()
+                    return cls(path)
+                except FileExistsError:
+                    number += 1
+        except OSError as e:
+            raise write_error(e, out) from None
+
+    def rewind(self, step: int) -> None:
+        """Cut stats.jsonl back to the lines of steps up to `step` (a line cut short by the kill goes too)."""
+        path = self.path / "stats.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                path.mkdir()
-                return cls(path)
-            except FileExistsError:
-                number += 1
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        write_bytes_atomic(path, "".join(kept).encode())
+
+    def _append(self, name: str, text: str) -> None:
+        try:
+            with open(self.path / name, "a") as f:
+                f.write(text)
+        except OSError as e:
+            raise write_error(e, self.path / name) from None
 
     def write_config(self, record: dict) -> None:
         """config.json, read back by read_run_config."""
@@ -155,12 +190,10 @@ class RunFolder:
 
     def log(self, text: str) -> None:
         console.print(text)
-        with open(self.path / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        self._append("log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def stats(self, record: dict) -> None:
-        with open(self.path / "stats.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append("stats.jsonl", json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "step":
                 self.tb.add_scalar(key, value, record["step"])

@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -79,6 +81,37 @@ def printable(text: str) -> str:
     overrides) shown as a Python escape (\\x1b, \\r, \\u202e): for anything printed that came
     from a file or a file name, so that it cannot move the cursor, recolour or retitle the terminal."""
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class WriteError(ToonifyError):
+    """An output that cannot be written: its folder is missing, not a folder or not writable, or
+    the disk is full. Nothing is left of it (atomic_path)."""
+
+
+WRITE_HINT = "check that the folder exists and is writable, and the disk has space"
+# What a failing write reports; other errors inside an atomic_path block are the writer's own.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.ENOENT}
+
+
+def write_error(error: OSError, dest: str | os.PathLike) -> WriteError:
+    """The WriteError for an OSError met while writing `dest` (one line: file, reason, hint)."""
+    return WriteError(f"cannot write it ({error.strerror or error})", dest, hint=WRITE_HINT)
+
+
+def check_writable(dest: str | os.PathLike) -> None:
+    """Raise UsageError unless `dest` can be written (before any work is done): the nearest folder
+    above it that exists must be a folder this process may write into. Devices and pipes pass."""
+    dest = Path(dest)
+    if written_in_place(dest):
+        return
+    folder = dest.absolute().parent
+    while not os.path.lexists(folder):
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write it: {folder} is not a folder", dest, hint=WRITE_HINT)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write it: the folder {folder} is not writable", dest, hint=WRITE_HINT)
 
 
 def note(text: str, kind: str = "note") -> None:
@@ -141,9 +174,12 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             yield tmp
         return
     target = _link_target(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(target.parent, target.stem)
-    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target.stem), dir=target.parent, suffix=suffix)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(target.parent, target.stem)
+        fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target.stem), dir=target.parent, suffix=suffix)
+    except OSError as e:
+        raise write_error(e, dest) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -151,22 +187,31 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, target)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(e, dest) from None
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _host_id() -> str:
+    # Folders may be shared between machines, where our pids say nothing about their processes.
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
 def partial_prefix(name: str) -> str:
     """The start of the temporary name atomic_path (and atomic_dir) writes `name` under:
-    `.{name}.partial-{pid}-`, then a random part and the suffix. The pid tells a rerun which
-    partials were left by a process that was killed (SIGKILL, a crash) and can go."""
-    return f".{name}.partial-{os.getpid()}-"
+    `.{name}.partial-{pid}-{host}-`, then a random part and the suffix. The pid and the host tell
+    a rerun which partials a process on this machine left when it was killed (SIGKILL, a crash)."""
+    return f".{name}.partial-{os.getpid()}-{_host_id()}-"
 
 
 def remove_stale_partials(folder: Path, name: str) -> list[Path]:
     """Remove the partial files and folders of `name` in `folder` whose writer is no longer
-    running (no process has the pid in their name); returns what was removed. Partials of live
-    processes, this one's included, are left alone: they are still being written."""
-    pattern = re.compile(rf"^\.{re.escape(name)}\.partial-(\d+)-")
+    running (no process on this machine has the pid in their name); returns what was removed.
+    Partials of live processes, this one's included, and of other machines are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.partial-(\d+)-{_host_id()}-")
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -259,6 +304,17 @@ def _in_place(dest: Path, descriptor: int | None, suffix: str) -> Iterator[Path]
             raise ToonifyError(f"cannot write into it ({e.strerror or e})", dest) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json(path: str | os.PathLike, hint: str, error: type[ToonifyError] = ToonifyError):
+    """The JSON value in a file; a missing, unreadable, damaged or truncated file raises `error`
+    naming it, with `hint`."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise error(f"cannot read it ({e.strerror or e})", path, hint=hint) from None
+    except ValueError as e:          # JSONDecodeError, or bytes that are not UTF-8
+        raise error(f"damaged: not valid JSON ({e})", path, hint=hint) from None
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:

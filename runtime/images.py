@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from runtime.common import ToonifyError, atomic_path, output_suffix
+from runtime.common import WRITE_HINT, ToonifyError, WriteError, atomic_path, output_suffix
 
 # Refuse decompression bombs: a small file can claim billions of pixels. 80 MP is more than any
 # camera photo; the caller can raise it.
@@ -169,8 +169,9 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
         with atomic_path(path) as tmp:
             im.save(tmp, format=fmt, **options)
     except OSError as e:
-        raise ImageError(f"cannot write it ({e.strerror or e})", path,
-                         hint="check that the folder exists and is writable, and the disk has space") from None
+        raise ImageError(f"cannot write it ({e.strerror or e})", path, hint=WRITE_HINT) from None
+    except WriteError as e:
+        raise ImageError(e.reason, path, hint=e.hint) from None
     return path
 
 

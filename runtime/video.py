@@ -31,8 +31,8 @@ from typing import Iterator
 import numpy as np
 from rich.markup import escape
 
-from runtime.common import (UsageError, atomic_path, console, output_suffix, printable, progress, write_json_atomic,
-                            written_in_place)
+from runtime.common import (UsageError, atomic_path, check_writable, console, output_suffix, printable, progress,
+                            write_json_atomic, written_in_place)
 from runtime.engine import Toonifier, batch_setting, find_model, model_setting, physical_cores, provider_setting
 from runtime.faces import FaceAligner, align, paste_back
 from runtime.motion import CropSlip
@@ -319,6 +319,9 @@ def _open_source(cfg: VideoConfig):
                          hint="copy it into a file first")
     if cfg.output.resolve() == cfg.input.resolve():
         raise UsageError("the output would overwrite the input", cfg.output, hint="choose another -o")
+    check_writable(cfg.output)
+    if cfg.report is not None:
+        check_writable(cfg.report)
     if (cfg.report is not None and not written_in_place(cfg.report)
             and cfg.report.resolve() in (cfg.input.resolve(), cfg.output.resolve())):
         which = "input" if cfg.report.resolve() == cfg.input.resolve() else "output"

@@ -20,7 +20,8 @@ from typing import Iterator
 import av
 import numpy as np
 
-from runtime.common import UMASK, ToonifyError, UsageError, note, partial_prefix, remove_stale_partials
+from runtime.common import (UMASK, WRITE_ERRNOS, ToonifyError, UsageError, note, partial_prefix,
+                            remove_stale_partials, write_error)
 from runtime.images import IMAGE_SUFFIXES, ImageError, list_images, natural_key, read_image, write_image
 
 # A video stream ending this many seconds before the header's duration is cut short, not just
@@ -322,14 +323,21 @@ class FolderWriter:
 def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield a new folder beside `dest`; it becomes `dest` in one rename only if the block succeeds.
     `dest` must not exist or be an empty folder (the caller checks before starting work)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_partials(dest.parent, dest.name)
-    tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(dest.name), dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(dest.parent, dest.name)
+        tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(dest.name), dir=dest.parent))
+    except OSError as e:
+        raise write_error(e, dest) from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~UMASK)   # mkdtemp made it private
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(e, dest) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from runtime.cli import main
-from runtime.common import atomic_path, printable
+from runtime.common import atomic_path, partial_prefix, printable
 from runtime.engine import ModelError, ModelInfo, Toonifier
 from runtime.images import read_image, write_image
 from runtime.photos import ConvertConfig, convert_photos
@@ -221,15 +221,16 @@ def dead_pid() -> int:
 
 
 def test_a_rerun_removes_the_partials_of_killed_runs_only(tmp_path):
-    dead, out = dead_pid(), tmp_path / "out.png"
-    stale = [tmp_path / f".out.partial-{dead}-abc123.png", tmp_path / f".toon.partial-{dead}-q1w2e3"]
+    dead, out, host = dead_pid(), tmp_path / "out.png", partial_prefix("x").split("-")[-2]
+    stale = [tmp_path / f".out.partial-{dead}-{host}-abc123.png", tmp_path / f".toon.partial-{dead}-{host}-q1w2e3"]
     stale[0].write_bytes(b"half")
     stale[1].mkdir()
     (stale[1] / "000001.png").write_bytes(b"half")
     sleeper = subprocess.Popen(["sleep", "60"])
     try:
-        live = [tmp_path / f".out.partial-{os.getpid()}-mine.png", tmp_path / f".out.partial-{sleeper.pid}-theirs.png",
-                tmp_path / f".other.partial-{dead}-x.png"]
+        live = [tmp_path / f".out.partial-{os.getpid()}-{host}-mine.png",
+                tmp_path / f".out.partial-{sleeper.pid}-{host}-theirs.png",
+                tmp_path / f".out.partial-{dead}-0000ffff-another-machine.png", tmp_path / f".other.partial-{dead}-{host}-x.png"]
         for path in live:
             path.write_bytes(b"in progress")
         write_image(out, np.zeros((8, 8, 3), np.uint8))
@@ -253,7 +254,7 @@ def test_sigkill_mid_write_leaves_a_partial_that_the_next_write_removes(tmp_path
     name = child.stdout.readline().strip()
     child.send_signal(signal.SIGKILL)
     child.wait()
-    assert name.startswith(f".out.partial-{child.pid}-") and (tmp_path / name).exists()
+    assert name.startswith(f".out.partial-{child.pid}-{partial_prefix('x').split('-')[-2]}-") and (tmp_path / name).exists()
     with atomic_path(out) as tmp:
         tmp.write_bytes(b"whole")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"] and out.read_bytes() == b"whole"
