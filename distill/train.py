@@ -43,7 +43,10 @@ from runtime.common import (Interrupted, ToonifyError, UsageError, check_writabl
 from runtime.options import resumable_fields, setting
 
 SAMPLES = 8   # held-out pairs shown in every sample grid
-TEMP_NAME = "toonify-fast-train"
+TEMP_NAME = "toonify-mp"
+# A Unix socket's path has at most 107 bytes; multiprocessing puts its sockets at
+# TMP/pymp-XXXXXXXX/listener-XXXXXXXX (with the random part of our folder's name, about 50 bytes).
+SOCKET_PATH_MAX, SOCKET_TAIL = 107, 50
 
 
 class TrainError(ToonifyError):
@@ -199,6 +202,9 @@ def private_temp_folder() -> Iterator[Path]:
     the next run removes it (runtime.common.remove_stale_partials: its pid is in the name)."""
     base = Path(tempfile.gettempdir())
     remove_stale_partials(base, TEMP_NAME)
+    if len(str(base)) + len(partial_prefix(TEMP_NAME)) + SOCKET_TAIL > SOCKET_PATH_MAX:
+        yield base            # its sockets would not fit below a longer folder: keep multiprocessing's own
+        return
     folder = tempfile.mkdtemp(prefix=partial_prefix(TEMP_NAME), dir=base)
     saved = os.environ.get("TMPDIR"), tempfile.tempdir
     # Workers read TMPDIR (spawn) or inherit tempfile's cached folder (fork).
@@ -293,7 +299,7 @@ def load_training_state(run_dir: Path, device: torch.device) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # torch raises zip, unpickling and runtime errors: the file and reason are what matter
-        raise TrainError(f"damaged or truncated: cannot read it ({str(e).strip().splitlines()[0]})", path,
+        raise TrainError(f"damaged or truncated: cannot read it ({(str(e).strip().splitlines() or [type(e).__name__])[0]})", path,
                          hint="a killed run cannot cause this (checkpoints are written atomically): restore the "
                               "file from a backup, or start the run again") from None
     keys = {"step", "samples_seen", "world_size", "G", "G_ema", "opt_G", "D", "opt_D", "scaler", "rng"}
@@ -344,6 +350,7 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
     if cfg.pairs is None:
         raise UsageError("--pairs is needed to start a run", hint="or continue one with --resume RUN_FOLDER")
     features = vgg_features("vgg19", cfg.vgg_weights) if cfg.vgg else None
+    teachers = _teachers(cfg.pairs)        # before any work: a damaged pairs.json stops the run here
     if resume is not None:
         _check_resumable(cfg, Path(resume))
     else:
@@ -378,7 +385,7 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
                     try:
                         target.load_state_dict(state[key])
                     except (RuntimeError, KeyError, ValueError, TypeError) as e:
-                        raise TrainError(f"its {key} does not fit this run ({str(e).strip().splitlines()[0]})",
+                        raise TrainError(f"its {key} does not fit this run ({(str(e).strip().splitlines() or [type(e).__name__])[0]})",
                                          Path(resume) / "checkpoints" / "latest.pt",
                                          hint="restore the file from a backup, or start the run again") from None
         start, seen = (state["step"], state["samples_seen"]) if state else (0, 0)
@@ -405,7 +412,6 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
             held_out = cfg.pairs / "val" if (cfg.pairs / "val" / "real").is_dir() else cfg.pairs
             shown = PairedDataset(held_out, cfg.res, augment=False)
             shown = [torch.stack(t).to(device) for t in zip(*(shown[i] for i in range(min(SAMPLES, len(shown)))))]
-            teachers = _teachers(cfg.pairs)
             info = StudentInfo(PRESETS[cfg.preset], cfg.preset, cfg.res, run=run.path.name, **teachers)
             if state is None:
                 run.write_config({
