@@ -13,7 +13,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from runtime.cli import main
-from runtime.common import atomic_path, partial_prefix, printable
+from runtime.common import WriteError, atomic_path, partial_prefix, printable
 from runtime.engine import ModelError, ModelInfo, Toonifier
 from runtime.images import read_image, write_image
 from runtime.photos import ConvertConfig, convert_photos
@@ -327,3 +327,32 @@ def test_a_truncated_mkv_converts_what_is_there_and_says_so(tmp_path, photos_dir
     assert f"the video stream ends at " in err and f"of the 10.03 s its header announces (a truncated file?); " \
            f"converting the {n} frames before" in err
     assert len(clip_frames(tmp_path / "out.mp4", 300)) == n
+
+
+def test_unwritable_video_frame_and_report_outputs_are_refused_before_work(tmp_path, photos_dir, face_model, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    write_image(frames / "f0.png", np.zeros((32, 32, 3), np.uint8))
+    clip = photos_dir / "short_hamilton_clip.mp4"
+    blocked = tmp_path / "file" / "out"
+    for args, dest in (((clip, "-o", blocked.with_suffix(".mp4")), blocked.with_suffix(".mp4")),
+                       ((frames, "-o", blocked), blocked),
+                       ((clip, "-o", tmp_path / "toon.mp4", "--report", blocked.with_suffix(".json")),
+                        blocked.with_suffix(".json"))):
+        code, _, err = run_main(capsys, "video", *args, "-m", face_model, "--provider", "cpu")
+        assert (code, err) == (2, f"error: {dest}: cannot write it: {tmp_path / 'file'} is not a folder hint: check "
+                                  "that the folder exists and is writable, and the disk has space")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "frames"]
+
+
+def test_a_full_disk_while_writing_is_one_error_line(tmp_path, monkeypatch):
+    def no_space(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+    out = tmp_path / "out.json"
+    with pytest.raises(WriteError) as e:
+        with atomic_path(out) as tmp:
+            no_space()
+    assert str(e.value) == (f"{out}: cannot write it (No space left on device)\n"
+                            "  hint: check that the folder exists and is writable, and the disk has space")
+    assert list(tmp_path.iterdir()) == []
