@@ -356,3 +356,24 @@ def test_a_full_disk_while_writing_is_one_error_line(tmp_path, monkeypatch):
     assert str(e.value) == (f"{out}: cannot write it (No space left on device)\n"
                             "  hint: check that the folder exists and is writable, and the disk has space")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_external_data_outside_the_models_folder_is_refused(tmp_path):
+    from onnx import numpy_helper
+    (tmp_path / "secret.bin").write_bytes(np.ones(3, np.float32).tobytes())
+    weight = numpy_helper.from_array(np.zeros((1, 3, 1, 1), np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "12")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    graph = helper.make_graph([helper.make_node("Add", ["input", "w"], ["output"])], "g",
+                              [helper.make_tensor_value_info("input", F, [N, 3, H, W])],
+                              [helper.make_tensor_value_info("output", F, [N, 3, H, W])], [weight])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, ModelInfo(input_name="input", output_name="output", resolution=32).to_metadata())
+    (tmp_path / "m").mkdir()
+    onnx.save(model, str(tmp_path / "m" / "m.onnx"))
+    with pytest.raises(ModelError) as e:
+        Toonifier(tmp_path / "m" / "m.onnx", "cpu")
+    assert e.value.exit_code == 2 and "External data path escapes model directory" in e.value.reason
