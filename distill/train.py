@@ -13,18 +13,14 @@ device and thread count); Ctrl-C (or SIGTERM) finishes the current step, saves t
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import random
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -36,17 +32,13 @@ from torch.nn.parallel import DistributedDataParallel
 from distill.data import PairedDataset, PairFolderError
 from distill.device import device_setting, resolve_device
 from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
-from distill.runs import RunFolder, StudentInfo, read_run_config, rng_state, set_rng_state
+from distill.runs import (RunFolder, StudentInfo, load_training_state, private_temp_folder, read_run_config,
+                          rng_state, set_rng_state)
 from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator
-from runtime.common import (Interrupted, ToonifyError, UsageError, check_writable, console, jsonable, partial_prefix,
-                            progress, read_json, remove_stale_partials)
+from runtime.common import Interrupted, ToonifyError, UsageError, check_writable, console, jsonable, progress, read_json
 from runtime.options import resumable_fields, setting
 
 SAMPLES = 8   # held-out pairs shown in every sample grid
-TEMP_NAME = "toonify-mp"
-# A Unix socket's path has at most 107 bytes; multiprocessing puts its sockets at
-# TMP/pymp-XXXXXXXX/listener-XXXXXXXX (with the random part of our folder's name, about 50 bytes).
-SOCKET_PATH_MAX, SOCKET_TAIL = 107, 50
 
 
 class TrainError(ToonifyError):
@@ -195,31 +187,6 @@ def collate(items: list):
     return failed[0] if failed else torch.utils.data.default_collate(items)
 
 
-@contextlib.contextmanager
-def private_temp_folder() -> Iterator[Path]:
-    """A temporary folder of this process for the files of torch multiprocessing (the DataLoader
-    workers' pymp-* folders and sockets), removed at the end. A killed run leaves its folder, and
-    the next run removes it (runtime.common.remove_stale_partials: its pid is in the name)."""
-    base = Path(tempfile.gettempdir())
-    remove_stale_partials(base, TEMP_NAME)
-    if len(str(base)) + len(partial_prefix(TEMP_NAME)) + SOCKET_TAIL > SOCKET_PATH_MAX:
-        yield base            # its sockets would not fit below a longer folder: keep multiprocessing's own
-        return
-    folder = tempfile.mkdtemp(prefix=partial_prefix(TEMP_NAME), dir=base)
-    saved = os.environ.get("TMPDIR"), tempfile.tempdir
-    # Workers read TMPDIR (spawn) or inherit tempfile's cached folder (fork).
-    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
-    try:
-        yield Path(folder)
-    finally:
-        if saved[0] is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved[0]
-        tempfile.tempdir = saved[1]
-        shutil.rmtree(folder, ignore_errors=True)
-
-
 def _generator_objective(cfg: TrainConfig, D: nn.Module | None, perceptual: PerceptualLoss | None,
                          real: torch.Tensor, fake: torch.Tensor, toon: torch.Tensor):
     """The student's loss and its parts (detached): pix2pixHD's terms that are on, plus L1."""
@@ -291,21 +258,6 @@ def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     except (KeyError, TypeError, ValueError) as e:     # settings that are not a TrainConfig's
         raise TrainError(f"damaged: its settings are not a training run's ({type(e).__name__}: {e})",
                          Path(run_dir) / "config.json", hint="restore config.json, or start a new run") from None
-
-
-def load_training_state(run_dir: Path, device: torch.device) -> dict:
-    """checkpoints/latest.pt of a run (weights only); a truncated or damaged file is a TrainError."""
-    path = run_dir / "checkpoints" / "latest.pt"
-    try:
-        state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # torch raises zip, unpickling and runtime errors: the file and reason are what matter
-        raise TrainError(f"damaged or truncated: cannot read it ({(str(e).strip().splitlines() or [type(e).__name__])[0]})", path,
-                         hint="a killed run cannot cause this (checkpoints are written atomically): restore the "
-                              "file from a backup, or start the run again") from None
-    keys = {"step", "samples_seen", "world_size", "G", "G_ema", "opt_G", "D", "opt_D", "scaler", "rng"}
-    if not isinstance(state, dict) or not keys <= set(state):
-        raise TrainError("not a training state of `distill train`", path, hint="start the run again")
-    return state
 
 
 def _teachers(pairs: Path) -> dict:

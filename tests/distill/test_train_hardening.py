@@ -11,15 +11,14 @@ import tempfile
 import zlib
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 import distill.runs
 from distill.blend import BlendConfig, blend_files
-from distill.data import PairedDataset, scan_pairs
-from distill.train import TEMP_NAME, TrainConfig, load_run_config, private_temp_folder, train
+from distill.data import scan_pairs
+from distill.runs import TEMP_NAME, private_temp_folder
+from distill.train import TrainConfig, train
 from runtime.cli import main
 from runtime.common import ToonifyError, UsageError, WriteError, partial_prefix
 from tests.helpers import BASE, make_pair_folder, make_toon
