@@ -30,7 +30,7 @@ import torch
 from distill.checkpoint import file_sha256, load_generator, save_generator
 from distill.stylegan2 import Generator, architecture_difference
 from distill.weights import state_dict_difference
-from runtime.common import ToonifyError, UsageError, console, jsonable, note, output_suffix
+from runtime.common import ToonifyError, UsageError, check_writable, console, jsonable, note, output_suffix
 from runtime.options import setting
 
 _BLOCK_KEY = re.compile(r"^synthesis\.b(\d+)\.")
@@ -186,6 +186,7 @@ def blend_files(base_path: str | Path, toon_path: str | Path, cfg: BlendConfig, 
     for source in (base_path, toon_path):
         if out_path.resolve() == Path(source).resolve():
             raise UsageError("the output would overwrite the input", out_path, hint="choose another -o")
+    check_writable(out_path)
     base, toon = load_generator(base_path), load_generator(toon_path)
     G = blend_generators(base, toon, cfg)
     weights = block_weights(list(G.synthesis.block_resolutions), cfg)

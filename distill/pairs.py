@@ -41,7 +41,7 @@ from distill.checkpoint import file_sha256, load_generator, read_metadata
 from distill.device import device_setting, resolve_device
 from distill.stylegan2 import LATENT_SPACE, Generator, architecture_difference
 from runtime.common import (ToonifyError, UsageError, atomic_path, console, note, output_suffix, progress,
-                            write_bytes_atomic, write_json_atomic)
+                            read_json, write_bytes_atomic, write_json_atomic)
 from runtime.images import image_grid, nchw_to_hwc, resize, write_image
 from runtime.options import setting
 
@@ -285,7 +285,10 @@ def _claim_folder(out: Path, settings: dict) -> None:
                              "`distill pairs`", path=out, hint="choose a new output folder")
         write_json_atomic(meta, settings)
     # Read back even after writing: a concurrent shard with other settings may have won the race.
-    existing = json.loads(meta.read_text())
+    existing = read_json(meta, "pairs.json is damaged: restore it, or write the set into a new folder", PairsError)
+    if not isinstance(existing, dict):
+        raise PairsError("damaged: not the JSON object `distill pairs` writes", meta,
+                         hint="restore it, or write the set into a new folder")
     for key in SET_KEYS:
         if existing.get(key) != settings[key]:
             raise PairsError(f"this pair set was made with {key} = {existing.get(key)!r}; this run asks for "

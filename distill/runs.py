@@ -10,12 +10,16 @@ to export) and student.pt (the raw one), readable with torch.load(weights_only=T
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -23,10 +27,15 @@ from torch import nn
 
 from distill.weights import state_dict_difference
 from distill.translator import StudentConfig, build_generator
-from runtime.common import ToonifyError, atomic_path, console, write_json_atomic
+from runtime.common import (ToonifyError, atomic_path, console, partial_prefix, read_json, remove_stale_partials,
+                            write_bytes_atomic, write_error, write_json_atomic)
 from runtime.images import image_grid, nchw_to_hwc, write_image
 
 STUDENT_FORMAT = "toonify-fast-student"
+TEMP_NAME = "toonify-mp"
+# A Unix socket's path has at most 107 bytes; multiprocessing puts its sockets at
+# TMP/pymp-XXXXXXXX/listener-XXXXXXXX (with the random part of our folder's name, about 50 bytes).
+SOCKET_PATH_MAX, SOCKET_TAIL = 107, 50
 
 
 class RunFolderError(ToonifyError):
@@ -90,7 +99,51 @@ def read_run_config(run_dir: str | os.PathLike) -> dict:
     if not path.is_file():
         raise RunFolderError("no config.json: not a training run folder", run_dir,
                              hint="pass a folder made by `distill train`, e.g. runs/00003-lite-256")
-    return json.loads(path.read_text())
+    hint = "config.json is damaged (edited, or cut short by a full disk): restore it, or start a new run"
+    record = read_json(path, hint, RunFolderError)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise RunFolderError("damaged: it holds no training settings (no \"config\" object)", path, hint=hint)
+    return record
+
+
+def load_training_state(run_dir: Path, device: torch.device) -> dict:
+    """checkpoints/latest.pt of a run (weights only); a truncated or damaged file is a RunFolderError."""
+    path = run_dir / "checkpoints" / "latest.pt"
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:  # torch raises zip, unpickling and runtime errors: the file and reason are what matter
+        raise RunFolderError(f"damaged or truncated: cannot read it ({(str(e).strip().splitlines() or [type(e).__name__])[0]})", path,
+                         hint="a killed run cannot cause this (checkpoints are written atomically): restore the "
+                              "file from a backup, or start the run again") from None
+    keys = {"step", "samples_seen", "world_size", "G", "G_ema", "opt_G", "D", "opt_D", "scaler", "rng"}
+    if not isinstance(state, dict) or not keys <= set(state):
+        raise RunFolderError("not a training state of `distill train`", path, hint="start the run again")
+    return state
+
+
+@contextlib.contextmanager
+def private_temp_folder() -> Iterator[Path]:
+    """A temporary folder of this process for the files of torch multiprocessing (the DataLoader
+    workers' pymp-* folders and sockets), removed at the end. A killed run leaves its folder, and
+    the next run removes it (runtime.common.remove_stale_partials: its pid is in the name)."""
+    base = Path(tempfile.gettempdir())
+    remove_stale_partials(base, TEMP_NAME)
+    if len(str(base)) + len(partial_prefix(TEMP_NAME)) + SOCKET_TAIL > SOCKET_PATH_MAX:
+        yield base            # its sockets would not fit below a longer folder: keep multiprocessing's own
+        return
+    folder = tempfile.mkdtemp(prefix=partial_prefix(TEMP_NAME), dir=base)
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    # Workers read TMPDIR (spawn) or inherit tempfile's cached folder (fork).
+    os.environ["TMPDIR"], tempfile.tempdir = folder, folder
+    try:
+        yield Path(folder)
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def save_student(G: nn.Module, path: Path, info: StudentInfo) -> None:
@@ -131,36 +184,64 @@ class RunFolder:
     """The files of one run, all written by rank 0: a numbered folder with config.json, log.txt,
     stats.jsonl, tensorboard/, samples/, checkpoints/latest.pt and the student files."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resumed_at: int | None = None):
+        """`resumed_at`: the step of the checkpoint a resumed run goes on from; what the logs hold
+        of later steps (written before a kill) is cut, so no step is logged twice."""
         from torch.utils.tensorboard import SummaryWriter
         self.path = path
-        self.tb = SummaryWriter(str(path / "tensorboard"))
+        if resumed_at is not None:
+            self.rewind(resumed_at)
+        # purge_step: TensorBoard drops the events of the killed session's later steps.
+        self.tb = SummaryWriter(str(path / "tensorboard"), purge_step=resumed_at)
 
     @classmethod
     def create(cls, out: Path, name: str) -> RunFolder:
         """The next free out/NNNNN-name folder (numbers count up from the highest in out)."""
-        out.mkdir(parents=True, exist_ok=True)
-        number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
-        while True:   # another run may take the number between our look and our mkdir
-            path = out / f"{number:05d}-{name}"
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            number = max((int(p.name[:5]) for p in out.iterdir() if p.name[:5].isdigit()), default=-1) + 1
+            while True:   # another run may take the number between our look and our mkdir
+                path = out / f"{number:05d}-{name}"
+                try:
+                    path.mkdir()
+                    return cls(path)
+                except FileExistsError:
+                    number += 1
+        except OSError as e:
+            raise write_error(e, out) from None
+
+    def rewind(self, step: int) -> None:
+        """Cut stats.jsonl back to the lines of steps up to `step` (a line cut short by the kill goes too)."""
+        path = self.path / "stats.jsonl"
+        if not path.is_file():
+            return
+        kept = []
+        for line in path.read_text(errors="replace").splitlines():
             try:
-                path.mkdir()
-                return cls(path)
-            except FileExistsError:
-                number += 1
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict) and isinstance(record.get("step"), int) and record["step"] <= step:
+                kept.append(line + "\n")
+        write_bytes_atomic(path, "".join(kept).encode())
+
+    def _append(self, name: str, text: str) -> None:
+        try:
+            with open(self.path / name, "a") as f:
+                f.write(text)
+        except OSError as e:
+            raise write_error(e, self.path / name) from None
 
     def write_config(self, record: dict) -> None:
         """config.json, read back by read_run_config."""
         write_json_atomic(self.path / "config.json", record)
 
     def log(self, text: str) -> None:
-        console.print(text)
-        with open(self.path / "log.txt", "a") as f:
-            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+        console.print(text, markup=False)      # run folder names may hold [/x]
+        self._append("log.txt", f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
 
     def stats(self, record: dict) -> None:
-        with open(self.path / "stats.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self._append("stats.jsonl", json.dumps(record) + "\n")
         for key, value in record.items():
             if key != "step":
                 self.tb.add_scalar(key, value, record["step"])

@@ -14,7 +14,6 @@ device and thread count); Ctrl-C (or SIGTERM) finishes the current step, saves t
 from __future__ import annotations
 
 import copy
-import json
 import os
 import random
 import signal
@@ -30,12 +29,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from distill.data import PairedDataset
+from distill.data import PairedDataset, PairFolderError
 from distill.device import device_setting, resolve_device
 from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
-from distill.runs import RunFolder, StudentInfo, read_run_config, rng_state, set_rng_state
+from distill.runs import (RunFolder, StudentInfo, load_training_state, private_temp_folder, read_run_config,
+                          rng_state, set_rng_state)
 from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator
-from runtime.common import Interrupted, ToonifyError, UsageError, console, jsonable, progress
+from runtime.common import Interrupted, ToonifyError, UsageError, check_writable, console, jsonable, progress, read_json
 from runtime.options import resumable_fields, setting
 
 SAMPLES = 8   # held-out pairs shown in every sample grid
@@ -158,6 +158,15 @@ class StepBatches(torch.utils.data.Sampler):
             yield [self.key(p) for p in range(start, start + per_step, self.world)]
 
 
+@dataclass(frozen=True)
+class LoadFailure:
+    """A pair that failed to load (in a DataLoader worker): the error's parts, handed to the loop
+    as the batch instead of torch's re-raised worker traceback."""
+    reason: str
+    path: str | None
+    hint: str | None
+
+
 class EpochItems(torch.utils.data.Dataset):
     """PairedDataset indexed by (epoch, index), so every item's augmentation follows from its key."""
 
@@ -166,7 +175,16 @@ class EpochItems(torch.utils.data.Dataset):
 
     def __getitem__(self, key: tuple[int, int]):
         self.dataset.set_epoch(key[0])
-        return self.dataset[key[1]]
+        try:
+            return self.dataset[key[1]]
+        except ToonifyError as e:
+            return LoadFailure(e.reason, e.path, e.hint)
+
+
+def collate(items: list):
+    """torch's default_collate, or the first LoadFailure among the items."""
+    failed = [item for item in items if isinstance(item, LoadFailure)]
+    return failed[0] if failed else torch.utils.data.default_collate(items)
 
 
 def _generator_objective(cfg: TrainConfig, D: nn.Module | None, perceptual: PerceptualLoss | None,
@@ -235,13 +253,21 @@ class StopRequest:
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """The TrainConfig a run folder was started with (its config.json)."""
-    return TrainConfig.from_json(read_run_config(run_dir)["config"])
+    try:
+        return TrainConfig.from_json(read_run_config(run_dir)["config"])
+    except (KeyError, TypeError, ValueError) as e:     # settings that are not a TrainConfig's
+        raise TrainError(f"damaged: its settings are not a training run's ({type(e).__name__}: {e})",
+                         Path(run_dir) / "config.json", hint="restore config.json, or start a new run") from None
 
 
 def _teachers(pairs: Path) -> dict:
     """The teachers' hashes from the pair set's pairs.json ('' when the folder was not made by `distill pairs`)."""
     path = pairs / "pairs.json"
-    meta = json.loads(path.read_text()) if path.is_file() else {}
+    meta = read_json(path, "pairs.json is damaged: write the set again with `distill pairs`, or remove pairs.json "
+                           "(the pairs train without it)", PairFolderError) if path.is_file() else {}
+    if not isinstance(meta, dict):
+        raise PairFolderError("damaged: not the JSON object `distill pairs` writes", path,
+                              hint="write the set again with `distill pairs`, or remove pairs.json")
     return {"teacher_base_sha256": meta.get("base_sha256", ""),
             "teacher_blended_sha256": meta.get("blended_sha256", "")}
 
@@ -265,13 +291,22 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
     Under torchrun (WORLD_SIZE > 1) every process trains on its share of each global batch with
     DDP and only rank 0 writes. `stop_at` ends this session after that step with a checkpoint
     (continue with `resume`). Raises MissingWeightsError before any work when the VGG term is on
-    and no weights are found, and Interrupted (exit code 130) after a stop by signal, state saved.
+    and no weights are found, Interrupted (exit code 130) after a stop by signal, state saved, and
+    TrainError naming the file when a pair fails to load (the state saved first).
     """
+    with private_temp_folder():
+        return _train_session(cfg, resume, stop_at)
+
+
+def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: int | None) -> TrainResult:
     if cfg.pairs is None:
         raise UsageError("--pairs is needed to start a run", hint="or continue one with --resume RUN_FOLDER")
     features = vgg_features("vgg19", cfg.vgg_weights) if cfg.vgg else None
+    teachers = _teachers(cfg.pairs)        # before any work: a damaged pairs.json stops the run here
     if resume is not None:
         _check_resumable(cfg, Path(resume))
+    else:
+        check_writable(Path(cfg.output) / "00000-run")
     world = int(os.environ.get("WORLD_SIZE", 1))
     device = resolve_device(cfg.device)
     own_group = world > 1 and not dist.is_initialized()
@@ -280,7 +315,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             torch.cuda.set_device(device)
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     rank, global_batch = dist.get_rank() if world > 1 else 0, cfg.batch_size * world
-    stopper, run, bar = StopRequest(), None, None
+    stopper, run, bar, batches = StopRequest(), None, None, None
     try:
         dataset = PairedDataset(cfg.pairs, cfg.res, augment=cfg.augment, seed=cfg.seed)
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
@@ -295,11 +330,16 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         scaler = torch.amp.GradScaler(device.type, enabled=amp)
         state = None
         if resume is not None:
-            state = torch.load(Path(resume) / "checkpoints" / "latest.pt", map_location=device, weights_only=True)
+            state = load_training_state(Path(resume), device)
             for target, key in ((G, "G"), (G_ema, "G_ema"), (D, "D"), (opt_G, "opt_G"), (opt_D, "opt_D"),
                                 (scaler, "scaler")):
                 if target is not None:
-                    target.load_state_dict(state[key])
+                    try:
+                        target.load_state_dict(state[key])
+                    except (RuntimeError, KeyError, ValueError, TypeError) as e:
+                        raise TrainError(f"its {key} does not fit this run ({(str(e).strip().splitlines() or [type(e).__name__])[0]})",
+                                         Path(resume) / "checkpoints" / "latest.pt",
+                                         hint="restore the file from a backup, or start the run again") from None
         start, seen = (state["step"], state["samples_seen"]) if state else (0, 0)
         if state is not None and len(state["rng"]) == world:
             set_rng_state(state["rng"][rank])
@@ -315,15 +355,15 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
             D.requires_grad_(False)
         stop = cfg.steps if stop_at is None else min(stop_at, cfg.steps)
         sampler = StepBatches(len(dataset), cfg.seed, cfg.batch_size, rank, world, seen, max(stop - start, 0))
-        batches = iter(torch.utils.data.DataLoader(EpochItems(dataset), batch_sampler=sampler,
+        batches = iter(torch.utils.data.DataLoader(EpochItems(dataset), batch_sampler=sampler, collate_fn=collate,
                                                    num_workers=cfg.workers, pin_memory=device.type == "cuda"))
 
         if rank == 0:
-            run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(Path(cfg.output), f"{cfg.preset}-{cfg.res}")
+            run = (RunFolder(Path(resume), resumed_at=start) if resume is not None
+                   else RunFolder.create(Path(cfg.output), f"{cfg.preset}-{cfg.res}"))
             held_out = cfg.pairs / "val" if (cfg.pairs / "val" / "real").is_dir() else cfg.pairs
             shown = PairedDataset(held_out, cfg.res, augment=False)
             shown = [torch.stack(t).to(device) for t in zip(*(shown[i] for i in range(min(SAMPLES, len(shown)))))]
-            teachers = _teachers(cfg.pairs)
             info = StudentInfo(PRESETS[cfg.preset], cfg.preset, cfg.res, run=run.path.name, **teachers)
             if state is None:
                 run.write_config({
@@ -354,7 +394,13 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         done, sums, count, clock, began = start, {}, 0, time.perf_counter(), time.perf_counter()
         interrupted = False
         for step in range(start, stop):
-            real, toon = (t.to(device, non_blocking=True) for t in next(batches))
+            batch = next(batches)
+            if isinstance(batch, LoadFailure):
+                if world == 1:         # under torchrun the other ranks are in their step: nothing to gather with
+                    checkpoint(done)
+                where = f"; the state at step {done} is saved in {run.path}" if run is not None else ""
+                raise TrainError(batch.reason, batch.path, hint=(batch.hint or "replace or remove the file") + where)
+            real, toon = (t.to(device, non_blocking=True) for t in batch)
             lr = learning_rate(cfg, step)
             for group in [*opt_G.param_groups, *(opt_D.param_groups if opt_D else [])]:
                 group["lr"] = lr
@@ -419,6 +465,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
                               hint=f"continue with: toonify-fast distill train --resume {run.path if run else 'RUN'}")
         return TrainResult(run.path if run else None, done, G, G_ema)
     finally:
+        batches = None        # the DataLoader's workers stop now, before their temporary folder goes
         if bar is not None:
             bar.stop()
         stopper.close()

@@ -13,13 +13,14 @@ runtime without PyTorch): `distill` is loaded only for its own subcommands.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from runtime.common import ToonifyError, UsageError, console, note
+from runtime.common import Interrupted, ToonifyError, UsageError, console, note
 from runtime.options import command
 from runtime.photos import ConvertConfig
 from runtime.video import VideoConfig
@@ -79,13 +80,20 @@ def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx)."
     from rich.table import Table
     from rich.text import Text
 
-    from runtime.engine import LABELS, Toonifier, available_providers, read_model_info
+    from runtime.common import printable
+    from runtime.engine import LABELS, ModelError, Toonifier, available_providers, read_model_info
     meta = read_model_info(model).to_metadata()
-    table = Table(title=str(model), show_header=False)
+    # Everything shown comes from the file: as plain text (a name may hold [/x]), control characters escaped.
+    table = Table(title=Text(printable(str(model))), show_header=False)
     for key, value in meta.items():
-        table.add_row(key, Text(value))
+        table.add_row(Text(printable(key)), Text(printable(value)))
     table.add_row("providers here", ", ".join(LABELS[p] for p in available_providers()))
-    toonifier = Toonifier(model, "auto")
+    try:
+        toonifier = Toonifier(model, "auto")
+    except ModelError as e:
+        table.add_row("problem", Text(printable(e.reason)))
+        Console(soft_wrap=True).print(table)
+        raise
     why = toonifier.fallback_reason
     table.add_row("auto runs on", Text(LABELS[toonifier.provider] + (f" ({why})" if why else "")))
     Console(soft_wrap=True).print(table)
@@ -118,11 +126,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     commands = {c.name or (c.callback.__name__ if c.callback else "") for c in app.registered_commands}
     if argv and not argv[0].startswith("-") and argv[0] not in commands:
         argv.insert(0, "convert")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        # SIGTERM as Ctrl-C: the work in progress is dropped cleanly (no partial files left behind).
+        signal.signal(signal.SIGTERM, _terminated)
     try:
         app(argv, prog_name="toonify-fast")
     except ToonifyError as e:
         note(str(e), "error")
         sys.exit(e.exit_code)
+    except SystemExit as e:
+        if e.code == Interrupted.exit_code:       # typer's answer to Ctrl-C, which says nothing
+            note("interrupted: nothing was written for the work in progress", "error")
+        raise
+
+
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

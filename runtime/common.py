@@ -16,10 +16,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import stat
 import sys
 import tempfile
@@ -74,10 +76,50 @@ class Interrupted(ToonifyError):
     exit_code = 130
 
 
+def printable(text: str) -> str:
+    """`text` with every control or format character (terminal escapes, carriage returns, bidi
+    overrides) shown as a Python escape (\\x1b, \\r, \\u202e): for anything printed that came
+    from a file or a file name, so that it cannot move the cursor, recolour or retitle the terminal."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
+class WriteError(ToonifyError):
+    """An output that cannot be written: its folder is missing, not a folder or not writable, or
+    the disk is full. Nothing is left of it (atomic_path)."""
+
+
+WRITE_HINT = "check that the folder exists and is writable, and the disk has space"
+# What a failing write reports; other errors inside an atomic_path block are the writer's own.
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.ENOENT}
+
+
+def write_error(error: OSError, dest: str | os.PathLike) -> WriteError:
+    """The WriteError for an OSError met while writing `dest` (one line: file, reason, hint)."""
+    return WriteError(f"cannot write it ({error.strerror or error})", dest, hint=WRITE_HINT)
+
+
+def check_writable(dest: str | os.PathLike) -> None:
+    """Raise UsageError unless `dest` can be written (before any work is done): the nearest folder
+    above it that exists must be a folder this process may write into. Devices and pipes pass."""
+    dest = Path(dest)
+    if written_in_place(dest):
+        return
+    folder = dest.absolute().parent
+    while not os.path.lexists(folder):
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"cannot write it: {folder} is not a folder", dest, hint=WRITE_HINT)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write it: the folder {folder} is not writable", dest, hint=WRITE_HINT)
+
+
 def note(text: str, kind: str = "note") -> None:
     """One line on stderr: 'note: ...' (kind 'note'), 'warning: ...' or 'error: ...'; `text` is plain
-    (file names may hold rich markup such as [/x], so nothing in it is interpreted)."""
+    (file names may hold rich markup such as [/x], so nothing in it is interpreted, and control
+    characters are shown escaped; a hint keeps its own line)."""
     colour = {"note": "yellow", "warning": "yellow", "error": "red"}[kind]
+    text = "\n".join(printable(line) for line in text.split("\n"))
     console.print(f"[{colour}]{kind}:[/{colour}] {escape(text)}", soft_wrap=True)
 
 
@@ -132,8 +174,12 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
             yield tmp
         return
     target = _link_target(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.partial-", dir=target.parent, suffix=suffix)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(target.parent, target.stem)
+        fd, tmp = tempfile.mkstemp(prefix=partial_prefix(target.stem), dir=target.parent, suffix=suffix)
+    except OSError as e:
+        raise write_error(e, dest) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -141,8 +187,59 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~UMASK)
         os.replace(tmp, target)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(e, dest) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _host_id() -> str:
+    # Folders may be shared between machines, where our pids say nothing about their processes.
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def partial_prefix(name: str) -> str:
+    """The start of the temporary name atomic_path (and atomic_dir) writes `name` under:
+    `.{name}.partial-{pid}-{host}-`, then a random part and the suffix. The pid and the host tell
+    a rerun which partials a process on this machine left when it was killed (SIGKILL, a crash)."""
+    return f".{name}.partial-{os.getpid()}-{_host_id()}-"
+
+
+def remove_stale_partials(folder: Path, name: str) -> list[Path]:
+    """Remove the partial files and folders of `name` in `folder` whose writer is no longer
+    running (no process on this machine has the pid in their name); returns what was removed.
+    Partials of live processes, this one's included, and of other machines are left alone."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.partial-(\d+)-{_host_id()}-")
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.match(entry.name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(Path(entry.path))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True        # another user's process, or no pid at all: not ours to judge
+    return True
 
 
 def _link_target(dest: Path) -> Path:
@@ -183,7 +280,8 @@ def _in_place(dest: Path, descriptor: int | None, suffix: str) -> Iterator[Path]
         raise UsageError("this is a socket: an output cannot be written into it", dest,
                          hint="write to a file, a device or a named pipe")
     # Not beside dest: a device's folder (/dev) is no place for a large temporary file.
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.stem}.partial-", suffix=suffix)
+    remove_stale_partials(Path(tempfile.gettempdir()), dest.stem)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(dest.stem), suffix=suffix)
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -206,6 +304,17 @@ def _in_place(dest: Path, descriptor: int | None, suffix: str) -> Iterator[Path]
             raise ToonifyError(f"cannot write into it ({e.strerror or e})", dest) from None
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def read_json(path: str | os.PathLike, hint: str, error: type[ToonifyError] = ToonifyError):
+    """The JSON value in a file; a missing, unreadable, damaged or truncated file raises `error`
+    naming it, with `hint`."""
+    try:
+        return json.loads(Path(path).read_bytes())
+    except OSError as e:
+        raise error(f"cannot read it ({e.strerror or e})", path, hint=hint) from None
+    except ValueError as e:          # JSONDecodeError, or bytes that are not UTF-8
+        raise error(f"damaged: not valid JSON ({e})", path, hint=hint) from None
 
 
 def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:

@@ -49,8 +49,9 @@ def batch_setting():
     return setting(None, "Face crops per model run, across images or frames (default: 1 on CPU, 8 on a GPU).", min=1)
 
 
-class ModelError(ToonifyError):
-    """The model file is missing, not ONNX, not a toonify-fast export, or not runnable here."""
+class ModelError(UsageError):
+    """The model file is missing, not ONNX, not a toonify-fast export, not runnable here, or its
+    graph does not take and give [N, 3, H, W] float32 images; a usage error (exit status 2)."""
 
 
 class EngineError(ToonifyError):
@@ -152,6 +153,24 @@ def _metadata_props(path: Path) -> dict[str, str]:
     except Exception as e:
         raise ModelError(f"not an ONNX model ({type(e).__name__}: {e})", path) from None
     return {p.key: p.value for p in model.metadata_props}
+
+
+def io_problem(shape: list, type_name: str, resolution: int) -> str:
+    """What is wrong with a model input's or output's ONNX shape and type for images, or ''.
+
+    It must be rank 4 [N, 3, H, W] 'tensor(float)'; N, H and W may be dynamic (names or None),
+    fixed H and W must equal `resolution`.
+    """
+    if type_name != "tensor(float)":
+        return f"has type {type_name}, not float32 (tensor(float))"
+    if len(shape) != 4:
+        return f"has rank {len(shape)} {list(shape)}, not 4 [N, 3, H, W]"
+    if isinstance(shape[1], int) and shape[1] != 3:
+        return f"has {shape[1]} channels {list(shape)}, not 3 (RGB)"
+    fixed = [d for d in shape[2:] if isinstance(d, int)]
+    if any(d != resolution for d in fixed):
+        return f"has the fixed size {list(shape)}, which does not match the model resolution {resolution}"
+    return ""
 
 
 def available_providers() -> list[str]:
@@ -306,12 +325,20 @@ class Toonifier:
         return "; ".join(f"{LABELS[n]} {r}" for n, r in self.fallbacks.items())
 
     def _check_io(self) -> None:
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
+        inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = {o.name: o for o in self.session.get_outputs()}
         if self.info.input_name not in inputs or self.info.output_name not in outputs:
             raise ModelError(f"the metadata names input {self.info.input_name!r} and output "
-                             f"{self.info.output_name!r}, the graph has {inputs} and {outputs}", self.path,
+                             f"{self.info.output_name!r}, the graph has {list(inputs)} and {list(outputs)}", self.path,
                              hint="re-export the model")
+        # A graph that cannot map [N, 3, H, W] float32 images onto images of the same shape would
+        # otherwise load, and fail (or give garbage) on the first batch.
+        for kind, arg in (("input", inputs[self.info.input_name]), ("output", outputs[self.info.output_name])):
+            problem = io_problem(arg.shape, arg.type, self.resolution)
+            if problem:
+                raise ModelError(f"its {kind} {arg.name!r} {problem}", self.path,
+                                 hint="the runtime feeds [N, 3, H, W] float32 images and expects the same shape "
+                                      "back: re-export the model with `toonify-fast distill export`")
 
     def _warm_up(self) -> None:
         # A new input shape costs a cuDNN algorithm search (or a TensorRT engine build): pay it now
@@ -326,8 +353,21 @@ class Toonifier:
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.info.input_name, x)
         binding.bind_output(self.info.output_name, self.device)
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+        try:
+            self.session.run_with_iobinding(binding)
+        except Exception as e:       # ORT's own exceptions: a graph that fails on this input
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"ONNX Runtime failed to run it on a {list(x.shape)} input: {first}", self.path,
+                             hint="re-export the model") from None
+        y = binding.copy_outputs_to_cpu()[0]
+        if y.shape != x.shape or y.dtype != np.float32:
+            raise ModelError(f"the model gave {list(y.shape)} {y.dtype} for a {list(x.shape)} float32 input "
+                             "(it must give the input's shape back)", self.path, hint="re-export the model")
+        if not np.isfinite(y).all():
+            raise ModelError(f"the model gave {np.count_nonzero(~np.isfinite(y))} NaN or infinite values",
+                             self.path, hint="its weights may be damaged: re-export the model (an --fp16 export "
+                                             "can overflow: export it without --fp16)")
+        return y
 
     def check_size(self, height: int, width: int) -> None:
         """Raise EngineError unless an H x W input suits the model (multiples of size_multiple)."""

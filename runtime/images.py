@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import stat
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
-from runtime.common import ToonifyError, atomic_path, output_suffix
+from runtime.common import WRITE_HINT, ToonifyError, WriteError, atomic_path, output_suffix
 
 # Refuse decompression bombs: a small file can claim billions of pixels. 80 MP is more than any
 # camera photo; the caller can raise it.
@@ -47,6 +48,14 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
     or larger than `max_pixels` (checked from the header, before decoding).
     """
     path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        mode = None         # missing or unreadable: Pillow's error below says which
+    if mode is not None and not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        # A named pipe or a device: opening it may wait forever for a writer, reading it never end.
+        raise ImageError("not a regular file (a named pipe, device or socket): refused", path,
+                             hint="copy it into a file first")
     try:
         with warnings.catch_warnings():
             # Our own limit below replaces Pillow's warning (it fires at 89 MP whatever we allow).
@@ -133,6 +142,13 @@ def _to_srgb(im: Image.Image) -> Image.Image:
         return im    # a broken profile: the plain conversion is still a good picture
 
 
+def image_format(path: str | os.PathLike) -> str | None:
+    """The Pillow format write_image writes `path` in (from its extension; PNG for a device or pipe
+    without one), or None where there is none."""
+    fmt = Image.registered_extensions().get(output_suffix(Path(path), ".png").lower())
+    return fmt if fmt in Image.SAVE else None
+
+
 def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | None = None, quality: int = 95) -> Path:
     """Write [H, W, 3] uint8 RGB (+ [H, W] uint8 alpha where the format keeps it) atomically.
 
@@ -141,8 +157,8 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
     Raises ImageError naming the file for an unknown extension or an unwritable place.
     """
     path = Path(path)
-    fmt = Image.registered_extensions().get(output_suffix(path, ".png").lower())
-    if fmt is None or fmt not in Image.SAVE:
+    fmt = image_format(path)
+    if fmt is None:
         raise ImageError(f"unknown image format {path.suffix or '(no extension)'!r}", path,
                          hint="use .png, .jpg, .webp or .bmp")
     im = Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
@@ -153,8 +169,9 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
         with atomic_path(path) as tmp:
             im.save(tmp, format=fmt, **options)
     except OSError as e:
-        raise ImageError(f"cannot write it ({e.strerror or e})", path,
-                         hint="check that the folder exists and is writable, and the disk has space") from None
+        raise ImageError(f"cannot write it ({e.strerror or e})", path, hint=WRITE_HINT) from None
+    except WriteError as e:
+        raise ImageError(e.reason, path, hint=e.hint) from None
     return path
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from rich.markup import escape
 from runtime.common import ToonifyError, UsageError, console, note, progress, written_in_place
 from runtime.engine import Toonifier, batch_setting, find_model, model_setting, provider_setting
 from runtime.faces import Face, FaceAligner, align, paste_back
-from runtime.images import IMAGE_SUFFIXES, MAX_PIXELS, list_images, read_image, resize, write_image
+from runtime.images import IMAGE_SUFFIXES, MAX_PIXELS, image_format, list_images, read_image, resize, write_image
 from runtime.options import setting
 
 # Our own outputs (photo_toon.png, photo_toon_0.png): skipped when a folder is converted again.
@@ -63,10 +64,12 @@ def expand_inputs(args: tuple[str, ...] | list[str]) -> list[Path]:
     for arg in args:
         path = Path(arg)
         if not path.exists() and glob.has_magic(arg):
-            matches = [Path(m) for m in sorted(glob.glob(arg, recursive=True))]
+            matches = [Path(m) for m in sorted(_glob(arg))]
             if not matches:
                 raise UsageError(f"no file matches {arg!r}")
             found += [m for m in matches if m.is_file()] + [i for m in matches if m.is_dir() for i in _folder_images(m)]
+        elif path.is_dir() and path.suffix.lower() in IMAGE_SUFFIXES and not _folder_images(path):
+            found.append(path)      # a folder named like an image: one input that fails, not the batch
         elif path.is_dir():
             images = _folder_images(path)
             if not images:
@@ -79,6 +82,31 @@ def expand_inputs(args: tuple[str, ...] | list[str]) -> list[Path]:
     return list(dict.fromkeys(found))
 
 
+def _glob(pattern: str) -> list[str]:
+    """glob.glob(pattern, recursive=True), refusing a loop: `**` follows symbolic links to folders,
+    and one that points back up its own folders (two of them: endlessly) repeats the tree below."""
+    ancestry: dict[str, frozenset[str]] = {}
+
+    def real_above(folder: str) -> frozenset[str]:
+        """The real paths of `folder` and of the folders above it, as the path is written."""
+        if folder not in ancestry:
+            parent = os.path.dirname(folder)
+            above = real_above(parent) if parent != folder else frozenset()
+            here = os.path.realpath(folder or ".")
+            if here in above:
+                raise UsageError(f"{pattern!r} goes round a loop of symbolic links: {folder} is {here} again",
+                                 hint="remove the link that points back up, or narrow the pattern")
+            ancestry[folder] = above | {here}
+        return ancestry[folder]
+
+    matches = []
+    for match in glob.iglob(pattern, recursive=True):
+        if "**" in pattern:
+            real_above(match if os.path.isdir(match) else os.path.dirname(match))
+        matches.append(match)
+    return matches
+
+
 def _folder_images(folder: Path) -> list[Path]:
     return [p for p in list_images(folder)[0] if not OUTPUT_NAME.search(p.stem)]
 
@@ -86,8 +114,15 @@ def _folder_images(folder: Path) -> list[Path]:
 def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
     """The output path of each input: beside it as STEM_toon.png, in the folder `output`, or `output`
     itself (one input: a name with an extension, or a device or pipe such as /dev/stdout). Refuses,
-    as usage errors, to overwrite an input or to write two inputs to one file."""
+    as usage errors, to overwrite an input, to write two inputs to one file, an extension no image
+    format has (-o out.xyz), and a bare extension (-o .png: a hidden name, neither file nor folder)."""
+    if output is not None and not output.is_dir() and output.name.lower() in IMAGE_SUFFIXES:
+        raise UsageError(f"-o {output.name} is a hidden name with no extension, not a {output.name} file", output,
+                         hint=f"name the file (-o photo{output.name}) or give a folder")
     if output is not None and not output.is_dir() and (output.suffix or written_in_place(output)):
+        if image_format(output) is None:
+            raise UsageError(f"unknown image format {output.suffix!r}", output,
+                             hint="use .png, .jpg, .webp or .bmp, or give a folder (a name without an extension)")
         if len(inputs) > 1:
             raise UsageError(f"-o names one file but there are {len(inputs)} inputs", output,
                              hint="give a folder to -o (it is created if missing)")

@@ -29,8 +29,10 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+from rich.markup import escape
 
-from runtime.common import UsageError, atomic_path, console, output_suffix, progress, write_json_atomic, written_in_place
+from runtime.common import (UsageError, atomic_path, check_writable, console, output_suffix, printable, progress,
+                            write_json_atomic, written_in_place)
 from runtime.engine import Toonifier, batch_setting, find_model, model_setting, physical_cores, provider_setting
 from runtime.faces import FaceAligner, align, paste_back
 from runtime.motion import CropSlip
@@ -311,8 +313,19 @@ def _open_source(cfg: VideoConfig):
     """Check the paths and options before any work; returns the frame reader."""
     if not cfg.input.exists():
         raise UsageError("no such file or folder", cfg.input)
+    if not cfg.input.is_dir() and not cfg.input.is_file():
+        # A named pipe or a device: FFmpeg would wait on it forever, and a second pass (audio) cannot re-read it.
+        raise UsageError("not a regular file (a named pipe, device or socket): refused", cfg.input,
+                         hint="copy it into a file first")
     if cfg.output.resolve() == cfg.input.resolve():
         raise UsageError("the output would overwrite the input", cfg.output, hint="choose another -o")
+    check_writable(cfg.output)
+    if cfg.report is not None:
+        check_writable(cfg.report)
+    if (cfg.report is not None and not written_in_place(cfg.report)
+            and cfg.report.resolve() in (cfg.input.resolve(), cfg.output.resolve())):
+        which = "input" if cfg.report.resolve() == cfg.input.resolve() else "output"
+        raise UsageError(f"the report would overwrite the {which}", cfg.report, hint="choose another --report")
     out_folder = _is_folder(cfg.output)
     if out_folder and cfg.output.exists() and (not cfg.output.is_dir() or any(cfg.output.iterdir())):
         raise UsageError("the output folder exists and is not empty", cfg.output,
@@ -373,7 +386,7 @@ def convert_video(cfg: VideoConfig) -> dict:
         write_json_atomic(cfg.report, report)
     console.print(f"{report['frames']} frames, a face in {sum(n > 0 for n in stats.faces)} "
                   f"({max(stats.faces)} at most), {report['seconds']:.1f} s, "
-                  f"{report['frames_per_second']:.1f} frames/s -> {cfg.output}")
+                  f"{report['frames_per_second']:.1f} frames/s -> {escape(printable(str(cfg.output)))}", soft_wrap=True)
     return report
 
 

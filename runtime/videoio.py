@@ -20,9 +20,13 @@ from typing import Iterator
 import av
 import numpy as np
 
-from runtime.common import UMASK, ToonifyError, UsageError, note
+from runtime.common import (UMASK, WRITE_ERRNOS, ToonifyError, UsageError, note, partial_prefix,
+                            remove_stale_partials, write_error)
 from runtime.images import IMAGE_SUFFIXES, ImageError, list_images, natural_key, read_image, write_image
 
+# A video stream ending this many seconds before the header's duration is cut short, not just
+# shorter than its audio.
+TRUNCATED_BY = 1.0
 CRF_CODECS = {"libx264", "libx265", "libvpx", "libvpx-vp9", "libaom-av1", "libsvtav1"}
 # x264/x265's "medium" costs several times the CPU of "veryfast" for a slightly smaller file at
 # the same crf, and that CPU is taken from the model running beside the encoder. For x264,
@@ -62,6 +66,7 @@ class VideoReader:
             self.time_base, self.rate = s.time_base, s.average_rate or s.guessed_rate or 30
             self.has_audio = bool(c.streams.audio)
             origin = c.start_time / av.time_base if c.start_time is not None else 0.0
+            self.duration = c.duration / av.time_base if c.duration else None   # all streams, as the header says
             whole = start is None and end is None
             self.frames_hint = min(filter(None, [s.frames if whole else None, max_frames]), default=None)
         # Seconds on the input's own clock.
@@ -77,7 +82,7 @@ class VideoReader:
                              hint="check that the file is a complete video (mp4, mkv, mov, webm, avi, ...)") from None
 
     def frames(self) -> Iterator[Frame]:
-        index, pts = 0, None
+        index, pts, t = 0, None, None
         with self.open() as c:
             s = c.streams.video[0]
             s.thread_type = "AUTO"
@@ -95,7 +100,7 @@ class VideoReader:
                     if index == self.max_frames:
                         self.limited = True
                         return
-                    yield Frame(index, f.to_ndarray(format="rgb24"), pts)
+                    yield Frame(index, upright(f.to_ndarray(format="rgb24"), f.rotation), pts)
                     index += 1
             except av.FFmpegError as e:
                 note(f"{self.path}: the video stream is corrupt after frame {index} ({e.strerror or e})"
@@ -105,6 +110,18 @@ class VideoReader:
                 # Frame threading hides the decoder's error at a cut: the stream just ends early.
                 note(f"{self.path}: the video stream ends after {index} of the {s.frames} frames its header "
                      f"announces (a truncated file?); converting those {index}", "warning")
+            elif (not self.shifted and self.last == math.inf and not s.frames and self.duration and t is not None
+                  and t < self.first + self.duration - TRUNCATED_BY):
+                # Matroska and WebM announce no frame count, only a duration.
+                note(f"{self.path}: the video stream ends at {t - self.first:.2f} s of the {self.duration:.2f} s its "
+                     f"header announces (a truncated file?); converting the {index} frames before", "warning")
+
+
+def upright(rgb: np.ndarray, rotation: int) -> np.ndarray:
+    """A decoded [H, W, 3] frame as it is shown: `rotation` is the stream's display rotation in
+    degrees counter-clockwise (PyAV's VideoFrame.rotation; -90 for a phone held upright)."""
+    turns = round(rotation / 90) % 4
+    return np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
 
 
 class FolderReader:
@@ -126,7 +143,7 @@ class FolderReader:
         self.frames_hint, self.unreadable = len(self.paths), set()
 
     def frames(self) -> Iterator[Frame]:
-        index = 0
+        index, size = 0, None
         for path in self.paths:
             if path in self.unreadable:
                 continue
@@ -134,6 +151,13 @@ class FolderReader:
                 rgb, alpha = read_image(path)
             except ImageError as e:
                 note(f"skipped {e}", "warning")
+                self.unreadable.add(path)
+                continue
+            # Faces are followed from frame to frame, so every frame must have the first one's size.
+            size = size or rgb.shape[:2]
+            if rgb.shape[:2] != size:
+                note(f"skipped {path}: {rgb.shape[1]}x{rgb.shape[0]}, not the {size[1]}x{size[0]} of the first "
+                     "frame", "warning")
                 self.unreadable.add(path)
                 continue
             yield Frame(index, rgb, name=path.name, alpha=alpha)
@@ -299,13 +323,21 @@ class FolderWriter:
 def atomic_dir(dest: Path) -> Iterator[Path]:
     """Yield a new folder beside `dest`; it becomes `dest` in one rename only if the block succeeds.
     `dest` must not exist or be an empty folder (the caller checks before starting work)."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_stale_partials(dest.parent, dest.name)
+        tmp = Path(tempfile.mkdtemp(prefix=partial_prefix(dest.name), dir=dest.parent))
+    except OSError as e:
+        raise write_error(e, dest) from None
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~UMASK)   # mkdtemp made it private
         if dest.exists():
             dest.rmdir()
         os.replace(tmp, dest)
+    except OSError as e:
+        if e.errno not in WRITE_ERRNOS:
+            raise
+        raise write_error(e, dest) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -180,7 +180,7 @@ def test_info_prints_metadata_and_providers(tmp_path, model, capsys):
     assert "CPU" in rows["providers here"] and rows["auto runs on"].split()[0] in ("CPU", "CUDA")
     (tmp_path / "x.onnx").write_text("no")
     code, _, err = cli(capsys, "info", tmp_path / "x.onnx")
-    assert code == 1 and f"{tmp_path / 'x.onnx'}: not an ONNX model" in err
+    assert code == 2 and f"{tmp_path / 'x.onnx'}: not an ONNX model" in err
     assert cli(capsys, "info", tmp_path / "y.onnx")[0] == 2
 
 
