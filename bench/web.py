@@ -38,6 +38,7 @@ from runtime.common import write_json_atomic  # noqa: E402
 from runtime.faces import FaceAligner, align  # noqa: E402
 from runtime.images import hwc_to_nchw, read_image  # noqa: E402
 from runtime.web import ServeConfig, WebConfig, build_site, make_server  # noqa: E402
+from runtime.videoio import write_y4m  # noqa: E402
 
 PHOTOS = ROOT.parent / "shared" / "photos"
 RES = 256
@@ -107,16 +108,6 @@ def downloads(page, site: Path) -> dict:
             "gzip_mb": sum(f["gzip_bytes"] for f in files.values()) / 1e6}
 
 
-def write_y4m(source: Path, dest: Path, start: int, count: int) -> None:
-    import av
-    with av.open(str(source)) as container, open(dest, "wb") as out:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i == 0:
-                out.write(f"YUV4MPEG2 W{frame.width} H{frame.height} F30000:1001 Ip A1:1 C420jpeg\n".encode())
-            if i >= start + count:
-                break
-            if i >= start:
-                out.write(b"FRAME\n" + frame.reformat(format="yuv420p").to_ndarray().tobytes())
 
 
 def camera_fps(playwright, url: str, clip: Path, seconds: float) -> dict:

@@ -341,3 +341,17 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
         raise write_error(e, dest) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def write_y4m(source: Path, dest: Path, start: int = 0, count: int | None = None) -> Path:
+    """Frames start .. start+count of a video as a YUV4MPEG2 file (yuv420p): what Chromium's fake
+    camera plays (`--use-file-for-fake-video-capture`), for trying the browser page on a clip."""
+    with av.open(str(source)) as container, open(dest, "wb") as out:
+        for i, frame in enumerate(container.decode(video=0)):
+            if i == 0:
+                out.write(f"YUV4MPEG2 W{frame.width} H{frame.height} F30000:1001 Ip A1:1 C420jpeg\n".encode())
+            if count is not None and i >= start + count:
+                break
+            if i >= start:
+                out.write(b"FRAME\n" + frame.reformat(format="yuv420p").to_ndarray().tobytes())
+    return dest

@@ -69,6 +69,40 @@ def build_model(path: Path, op: str = "invert", resolution: int = 32, size_multi
     return path
 
 
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """The real entry point (runtime.cli.main) in-process -> (exit status, stdout, stderr with
+    whitespace collapsed, so a message wrapped by the console reads as one line)."""
+    from runtime.cli import main
+    try:
+        main([str(a) for a in args])
+        code = 0
+    except SystemExit as e:
+        code = e.code or 0
+    out, err = capsys.readouterr()
+    return code, out, " ".join(err.split())
+
+
+def fake_tf_network_module(monkeypatch) -> type:
+    """Registers a stand-in `dnnlib.tflib.network.Network` (keeps its pickled state) so a test can
+    unpickle and re-pickle the TensorFlow fixture with the plain pickle module; returns the class."""
+    import sys
+    import types
+
+    class Network:
+        def __setstate__(self, state):
+            self.state = state
+
+        def __getstate__(self):
+            return self.state
+
+    module = types.ModuleType("dnnlib.tflib.network")
+    Network.__module__, Network.__qualname__, module.Network = module.__name__, "Network", Network
+    for name in ("dnnlib", "dnnlib.tflib"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    return Network
+
+
 def make_toon(path, seed: int = 1):
     """A stand-in toon fine-tune: the fixture generator with every synthesis weight perturbed
     (noise constants kept, as a fine-tune keeps them), saved to `path`. Returns (base, toon)."""

@@ -8,10 +8,10 @@ import pytest
 from PIL import Image
 
 from distill.align import NO_FACE, AlignConfig, align_folder
-from runtime.cli import main
 from runtime.common import ToonifyError
 from runtime.faces import FaceAligner, align
 from runtime.images import read_image, resize
+from tests.helpers import cli
 
 RES = 64
 
@@ -57,21 +57,18 @@ def test_lists_no_face_and_duplicates_in_align_json(aligned):
     assert summary.skipped == skipped and summary.duplicates == 1 and summary.failed == 1
 
 
-def cli(capsys, *args):
-    with pytest.raises(SystemExit) as e:
-        main(["distill", "align", *map(str, args)])
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out, " ".join(out.err.split())
+def align_cli(capsys, *args):
+    return cli(capsys, "distill", "align", *args)
 
 
 def test_cli_mirror_doubles_and_exit_status(photos_dir, tmp_path, capsys):
-    code, stdout, err = cli(capsys, photos_dir / "obama.jpg", "-o", tmp_path / "a", "--res", 32, "--mirror")
+    code, stdout, err = align_cli(capsys, photos_dir / "obama.jpg", "-o", tmp_path / "a", "--res", 32, "--mirror")
     assert (code, stdout) == (0, f"{tmp_path / 'a' / 'align.json'}\n")
     assert sorted(p.name for p in (tmp_path / "a").glob("*.png")) == ["obama_0.png", "obama_0_mirror.png"]
     crop = load(tmp_path / "a" / "obama_0.png")
     assert crop.shape == (32, 32, 3) and np.array_equal(load(tmp_path / "a" / "obama_0_mirror.png"), crop[:, ::-1])
     assert "2 images of 32x32 from 1 input in" in err
-    code, _, err = cli(capsys, photos_dir / "dogs.jpg", "-o", tmp_path / "b", "--res", 32)
+    code, _, err = align_cli(capsys, photos_dir / "dogs.jpg", "-o", tmp_path / "b", "--res", 32)
     assert code == 1 and f"skipped {photos_dir / 'dogs.jpg'}: no face found" in err
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from distill.checkpoint import CheckpointError, file_sha256, load_generator, read_metadata, save_generator
+from tests.helpers import fake_tf_network_module
 
 FORMATS = {
     "nvlabs": ("nvlabs_sg2ada_32.pkl", "nvlabs_sg2ada_32_expected.npz"),
@@ -231,18 +232,7 @@ def test_rosinality_training_checkpoint_with_args_and_no_latent_avg(fixtures_dir
 
 def test_real_tf_pickles_extra_lod_variable_is_ignored(fixtures_dir, tmp_path, monkeypatch):
     # Official TF StyleGAN2 pickles also hold G_main's `lod` scalar (the fixture leaves it out).
-    class Network:
-        def __setstate__(self, state):
-            self.state = state
-
-        def __getstate__(self):
-            return self.state
-
-    module = types.ModuleType("dnnlib.tflib.network")
-    Network.__module__, Network.__qualname__, module.Network = module.__name__, "Network", Network
-    for name in ("dnnlib", "dnnlib.tflib"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+    fake_tf_network_module(monkeypatch)
     ckpt, expected = FORMATS["tf"]
     G, D, Gs = pickle.loads((fixtures_dir / ckpt).read_bytes())  # our own fixture: a plain load is safe
     Gs.state["variables"].insert(0, ("lod", np.float32(0)))

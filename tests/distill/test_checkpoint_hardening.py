@@ -20,7 +20,7 @@ from distill.blend import BlendConfig, blend_files
 from distill.checkpoint import CheckpointError, load_generator, save_generator
 from distill.pairs import MAX_SEEDS, SampleConfig, parse_seeds, write_sample_grid
 from runtime.common import ToonifyError
-from tests.helpers import load_in_child
+from tests.helpers import fake_tf_network_module, load_in_child
 
 
 
@@ -189,18 +189,7 @@ def test_numpy_values_need_their_exact_bytes(tmp_path):
 
 def test_big_endian_arrays_load_to_the_same_numbers(fixtures_dir, tmp_path, monkeypatch):
     # Plain numeric dtypes in either byte order are legitimate: the TF fixture, re-pickled big-endian.
-    class Network:
-        def __setstate__(self, state):
-            self.state = state
-
-        def __getstate__(self):
-            return self.state
-
-    module = types.ModuleType("dnnlib.tflib.network")
-    Network.__module__, Network.__qualname__, module.Network = module.__name__, "Network", Network
-    for name in ("dnnlib", "dnnlib.tflib"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, module.__name__, module)
+    fake_tf_network_module(monkeypatch)
     nets = pickle.loads((fixtures_dir / TF).read_bytes())  # our own fixture: a plain load is safe
     for net in nets:
         net.state["variables"] = [(k, v.astype(v.dtype.newbyteorder(">"))) for k, v in net.state["variables"]]

@@ -19,9 +19,8 @@ from distill.blend import BlendConfig, blend_files
 from distill.data import scan_pairs
 from distill.runs import TEMP_NAME, private_temp_folder
 from distill.train import TrainConfig, train
-from runtime.cli import main
 from runtime.common import ToonifyError, UsageError, WriteError, partial_prefix
-from tests.helpers import BASE, make_pair_folder, make_toon
+from tests.helpers import BASE, cli, make_pair_folder, make_toon
 
 
 def tiny(pairs, out, **overrides) -> TrainConfig:
@@ -41,16 +40,6 @@ def undecodable_png(path, size=32):
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", b"not zlib" * 40)
                      + chunk(b"IEND", b""))
     return path
-
-
-def run_main(capsys, *args):
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, " ".join(err.split())
 
 
 def test_a_pair_failing_to_decode_in_a_worker_names_the_file_and_saves_the_state(tmp_path):
@@ -105,7 +94,7 @@ def test_resume_from_damaged_run_files_is_one_clear_error(stopped_run, tmp_path,
     shutil.copytree(stopped_run, run_dir)
     path = run_dir / name
     path.write_bytes(path.read_bytes()[:int(path.stat().st_size * damage)] if isinstance(damage, float) else damage)
-    code, _, err = run_main(capsys, "distill", "train", "--resume", run_dir)
+    code, _, err = cli(capsys, "distill", "train", "--resume", run_dir)
     assert code == 1 and err.startswith(f"error: {path}: {reason}") and "hint:" in err, err
     assert "Traceback" not in err and len(err.split(" hint: ")) == 2
 
@@ -150,7 +139,7 @@ def test_a_full_disk_in_train_and_blend_is_one_error_line_and_leaves_nothing(tmp
 def test_unwritable_outputs_are_refused_before_work(tmp_path, capsys):
     (tmp_path / "file").write_text("not a folder")
     out = tmp_path / "file" / "blend.safetensors"
-    code, _, err = run_main(capsys, "distill", "blend", "--base", BASE, "--toon", BASE, "-o", out)
+    code, _, err = cli(capsys, "distill", "blend", "--base", BASE, "--toon", BASE, "-o", out)
     assert (code, err) == (2, f"error: {out}: cannot write it: {tmp_path / 'file'} is not a folder hint: check that "
                               "the folder exists and is writable, and the disk has space")
     pairs = make_pair_folder(tmp_path / "pairs")

@@ -7,11 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.cli import main
 from runtime.faces import FaceAligner, align
 from runtime.images import read_image, write_image
 from tests.conftest import ROOT
-from tests.helpers import build_model
+from tests.helpers import build_model, cli
 
 
 def test_no_runtime_module_loads_torch_or_distill():
@@ -34,14 +33,6 @@ def test_help_lists_commands():
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
     return build_model(tmp_path_factory.mktemp("model") / "invert.onnx", "invert", resolution=64)
-
-
-def cli(capsys, *args):
-    """Run the real entry point in-process -> (exit status, stdout, stderr with whitespace collapsed)."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    out = capsys.readouterr()
-    return e.value.code or 0, out.out, " ".join(out.err.split())
 
 
 def load(path):

@@ -18,7 +18,7 @@ from runtime.engine import ModelError, ModelInfo, Toonifier
 from runtime.images import read_image, write_image
 from runtime.photos import ConvertConfig, convert_photos
 from tests.conftest import ROOT
-from tests.helpers import build_model
+from tests.helpers import build_model, cli
 
 N, H, W = "N", "H", "W"
 
@@ -129,24 +129,13 @@ def clip_frames(path, count):
         return [f.to_ndarray(format="rgb24") for _, f in zip(range(count), c.decode(video=0))]
 
 
-def run_main(capsys, *args):
-    """The real entry point in-process -> (exit status, stdout, stderr with whitespace collapsed)."""
-    try:
-        main([str(a) for a in args])
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, " ".join(err.split())
-
-
 def test_frames_of_another_size_are_skipped_and_markup_in_paths_is_plain(tmp_path, photos_dir, face_model, capsys):
     frames = tmp_path / "frames"
     frames.mkdir()
     for i, rgb in enumerate(clip_frames(photos_dir / "short_hamilton_clip.mp4", 4)):
         write_image(frames / f"f{i}.png", rgb[::2, ::2] if i == 2 else rgb)
     out = tmp_path / "o[" / "x]"               # printed as .../o[/x]: a closing tag to rich
-    code, _, err = run_main(capsys, "video", frames, "-o", out, "-m", face_model, "--provider", "cpu")
+    code, _, err = cli(capsys, "video", frames, "-o", out, "-m", face_model, "--provider", "cpu")
     assert code == 0, err
     assert f"warning: skipped {frames / 'f2.png'}: 320x180, not the 640x360 of the first frame" in err
     assert sorted(p.name for p in out.iterdir()) == ["f0.png", "f1.png", "f3.png"]
@@ -158,7 +147,7 @@ def test_a_report_onto_the_input_or_the_output_is_refused(tmp_path, photos_dir, 
     clip.write_bytes((photos_dir / "short_hamilton_clip.mp4").read_bytes())
     before = clip.read_bytes()
     for report, which in ((clip, "input"), (tmp_path / "toon.mp4", "output")):
-        code, _, err = run_main(capsys, "video", clip, "-o", tmp_path / "toon.mp4", "--report", report,
+        code, _, err = cli(capsys, "video", clip, "-o", tmp_path / "toon.mp4", "--report", report,
                                 "-m", face_model, "--provider", "cpu")
         assert (code, err) == (2, f"error: {report}: the report would overwrite the {which} hint: choose another --report")
     assert clip.read_bytes() == before and not (tmp_path / "toon.mp4").exists()
@@ -175,7 +164,7 @@ def test_a_named_pipe_as_input_is_refused_not_waited_on(tmp_path, face_model, ca
     assert (summary.converted, summary.failed) == (1, 1)
     assert (f"error: {tmp_path / 'pipe.png'}: not a regular file (a named pipe, device or socket): refused "
             "hint: copy it into a file first") in err
-    code, _, err = run_main(capsys, "video", tmp_path / "pipe.mp4", "-o", tmp_path / "t.mp4", "-m", face_model)
+    code, _, err = cli(capsys, "video", tmp_path / "pipe.mp4", "-o", tmp_path / "t.mp4", "-m", face_model)
     assert (code, err) == (2, f"error: {tmp_path / 'pipe.mp4'}: not a regular file (a named pipe, device or socket): "
                               "refused hint: copy it into a file first")
 
@@ -186,7 +175,7 @@ def test_a_glob_through_a_loop_of_links_is_refused(tmp_path, capsys):
     os.symlink(".", tmp_path / "l2")
     pattern = f"{tmp_path}/**/*.png"
     started = time.perf_counter()
-    code, _, err = run_main(capsys, pattern, "-m", tmp_path / "none.onnx")
+    code, _, err = cli(capsys, pattern, "-m", tmp_path / "none.onnx")
     assert time.perf_counter() - started < 20
     assert (code, err) == (2, f"error: {pattern!r} goes round a loop of symbolic links: {tmp_path / 'l1'} is "
                               f"{tmp_path} again hint: remove the link that points back up, or narrow the pattern")
@@ -196,7 +185,7 @@ def test_an_empty_folder_named_like_an_image_is_one_failed_input(tmp_path, face_
     white = tmp_path / "white.png"
     write_image(white, np.full((32, 32, 3), 255, np.uint8))
     (tmp_path / "x.jpg").mkdir()
-    code, _, err = run_main(capsys, tmp_path / "x.jpg", white, "-m", face_model, "--provider", "cpu", "--no-align")
+    code, _, err = cli(capsys, tmp_path / "x.jpg", white, "-m", face_model, "--provider", "cpu", "--no-align")
     assert code == 1 and f"error: {tmp_path / 'x.jpg'}: is a folder, not an image" in err
     assert "1 converted, 1 failed" in err and (tmp_path / "white_toon.png").is_file()
 
@@ -209,7 +198,7 @@ def test_an_empty_folder_named_like_an_image_is_one_failed_input(tmp_path, face_
 def test_an_output_name_no_image_format_has_is_refused_before_work(tmp_path, face_model, capsys, name, reason, hint):
     white = tmp_path / "white.png"
     write_image(white, np.full((32, 32, 3), 255, np.uint8))
-    code, _, err = run_main(capsys, white, "-o", tmp_path / name, "-m", face_model, "--no-align")
+    code, _, err = cli(capsys, white, "-o", tmp_path / name, "-m", face_model, "--no-align")
     assert (code, err) == (2, f"error: {tmp_path / name}: {reason} hint: {hint}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["white.png"]
 
@@ -340,7 +329,7 @@ def test_unwritable_video_frame_and_report_outputs_are_refused_before_work(tmp_p
                        ((frames, "-o", blocked), blocked),
                        ((clip, "-o", tmp_path / "toon.mp4", "--report", blocked.with_suffix(".json")),
                         blocked.with_suffix(".json"))):
-        code, _, err = run_main(capsys, "video", *args, "-m", face_model, "--provider", "cpu")
+        code, _, err = cli(capsys, "video", *args, "-m", face_model, "--provider", "cpu")
         assert (code, err) == (2, f"error: {dest}: cannot write it: {tmp_path / 'file'} is not a folder hint: check "
                                   "that the folder exists and is writable, and the disk has space")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "frames"]

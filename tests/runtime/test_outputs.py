@@ -5,8 +5,7 @@ import json
 import av
 import pytest
 
-from runtime.cli import main
-from tests.helpers import build_model, fifo, is_fifo, is_null_device, move_temp_folder, null_device
+from tests.helpers import build_model, cli, fifo, is_fifo, is_null_device, move_temp_folder, null_device
 
 
 @pytest.fixture(scope="module")
@@ -24,19 +23,18 @@ def clip(photos_dir):
     return photos_dir / "short_hamilton_clip.mp4"
 
 
-def cli(capsys, *args):
+def run(capsys, *args):
     """The real entry point in-process -> (exit status, stderr with whitespace collapsed)."""
-    with pytest.raises(SystemExit) as e:
-        main([str(a) for a in args])
-    return e.value.code or 0, " ".join(capsys.readouterr().err.split())
+    code, _, err = cli(capsys, *args)
+    return code, err
 
 
 def photo(capsys, photos_dir, model, out, *extra):
-    return cli(capsys, photos_dir / "obama.jpg", "-o", out, "-m", model, "--provider", "cpu", *extra)
+    return run(capsys, photos_dir / "obama.jpg", "-o", out, "-m", model, "--provider", "cpu", *extra)
 
 
 def video(capsys, clip, model, out, *extra):
-    return cli(capsys, "video", clip, "-o", out, "-m", model, "--provider", "cpu", "--max-frames", "6", *extra)
+    return run(capsys, "video", clip, "-o", out, "-m", model, "--provider", "cpu", "--max-frames", "6", *extra)
 
 
 def test_photo_into_a_device_and_a_pipe(tmp_path, temp_folder, photos_dir, model, capsys):

@@ -22,6 +22,7 @@ from runtime.images import hwc_to_nchw, read_image
 from runtime.photos import toonify_photo
 from runtime.tracking import OneEuroSmoother, quad_params
 from runtime.web import WebConfig, build_site
+from runtime.videoio import write_y4m
 from tests.conftest import PHOTOS, ROOT
 from tests.helpers import build_model, make_student
 
@@ -360,18 +361,6 @@ def test_given_dlib_landmarks_the_page_converts_like_the_cli(swap_page, cli_phot
     assert psnr >= MIN_PSNR_SAME_LANDMARKS
 
 
-def write_y4m(source: Path, dest: Path, start: int, count: int) -> None:
-    """Frames start..start+count of a video as a Y4M file (yuv420p), what Chromium's fake camera reads."""
-    with av.open(str(source)) as container, open(dest, "wb") as out:
-        for i, frame in enumerate(container.decode(video=0)):
-            if i == 0:
-                out.write(f"YUV4MPEG2 W{frame.width} H{frame.height} F30000:1001 Ip A1:1 C420jpeg\n".encode())
-            if i >= start + count:
-                break
-            if i >= start:
-                out.write(b"FRAME\n")
-                planes = frame.reformat(format="yuv420p").to_ndarray()      # [H * 3/2, W]
-                out.write(planes.tobytes())
 
 
 def test_webcam_converts_the_fake_camera_frame_by_frame(playwright, url, tmp_path):
