@@ -31,6 +31,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch import nn
 
 from distill.safe_pickle import (PersistentObject, RefusedGlobal, TFNetwork, check_legacy_torch, load_pickle,
                                  refused_name, torch_pickle_storages)
@@ -199,10 +200,11 @@ def _converted_shape(found: torch.Tensor, convert: Callable | None) -> torch.Siz
         return None
 
 
-def _fill(G: Generator, source: dict, path: Path, table: Table | None = None,
-          ignored: tuple[str, ...] = ()) -> Generator:
-    """A Generator built like G (from _build, on the meta device) with every parameter and buffer
-    copied from `source` (tensors or arrays by the file's names).
+def _fill(G: nn.Module, source: dict, path: Path, table: Table | None = None,
+          ignored: tuple[str, ...] = ()) -> nn.Module:
+    """A network built like G (a Generator from _build, or a Discriminator: on the meta device,
+    made from its `init_kwargs`) with every parameter and buffer copied from `source` (tensors or
+    arrays by the file's names).
 
     Each must exist, be floating point and fit, all before the real Generator is allocated; a
     tensor of the file that nothing uses (other than names ending in `ignored`) is an error too,
@@ -229,7 +231,7 @@ def _fill(G: Generator, source: dict, path: Path, table: Table | None = None,
     if extra:
         raise CheckpointError(f"unexpected tensor '{extra[0]}' ({len(extra)} in all) that this generator has no "
                               "place for", path, "the file holds a different architecture")
-    G = Generator(**G.init_kwargs)
+    G = type(G)(**G.init_kwargs)
     state = G.state_dict()
     for key, label, found, convert in plan:
         target = state[key].copy_(convert(found) if convert else found)

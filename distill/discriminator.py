@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from distill.checkpoint import (FORMATS_HINT, TORCH_LEGACY_MAGIC, CheckpointError, PersistentObject, Table, _container,
-                                _describe, _existing, _fill, _flatten, _plain, _torch_load, _unpickle, load_generator)
+from distill.checkpoint import (FORMATS_HINT, MAX_RESOLUTION, MAX_WIDTH, TORCH_LEGACY_MAGIC, CheckpointError,
+                                PersistentObject, Table, _Budget, _container, _describe, _existing, _fill, _flatten,
+                                _plain, _torch_load, _unpickle, load_generator)
 from distill.safe_pickle import TFNetwork
 from distill.stylegan2 import LRELU_GAIN, FullyConnectedLayer, Generator, _disable_tf32, fir_filter
 from runtime.common import console
@@ -286,9 +287,19 @@ def _check_filters(source: dict, suffix: str, path: Path) -> None:
 
 
 def _build(path: Path, kwargs: dict) -> Discriminator:
+    """The Discriminator `kwargs` describe, on the meta device (shapes only): _fill checks the
+    file's tensors against it before the real one is allocated. Bounded as generators are."""
+    resolution, channels = kwargs.get("img_resolution"), kwargs.get("channels") or {}
+    widths = [kwargs.get("img_channels"), *channels.values()] if isinstance(channels, dict) else [None]
+    if not (type(resolution) is int and 4 <= resolution <= MAX_RESOLUTION and resolution & (resolution - 1) == 0
+            and all(type(c) is int and 1 <= c <= MAX_WIDTH for c in widths)):
+        raise CheckpointError(f"unsupported discriminator configuration: img_resolution {str(resolution)[:20]}, "
+                              f"channels {str(widths)[:80]} (supported: a power of two 4..{MAX_RESOLUTION}, "
+                              f"widths 1..{MAX_WIDTH})", path, "the file is damaged, or holds another network")
     try:
-        return Discriminator(**kwargs)
-    except (TypeError, ValueError) as e:
+        with torch.device("meta"):
+            return Discriminator(**kwargs)
+    except (TypeError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"unsupported discriminator configuration: {e}", path) from None
 
 
@@ -301,7 +312,8 @@ def _from_nvlabs(data: dict, network: str, path: Path) -> Discriminator:
         raise CheckpointError(f"no network '{network}' in it (found: {', '.join(found)})", path, "pass network='D'")
     if obj.class_name != "Discriminator":
         raise CheckpointError(f"'{network}' is a {obj.class_name}, not a Discriminator", path, "pass network='D'")
-    kwargs = _plain(dict(zip(DISCRIMINATOR_ARGS, obj.state.get("_init_args", ()))) | dict(obj.state.get("_init_kwargs", {})))
+    kwargs = _plain(dict(zip(DISCRIMINATOR_ARGS, obj.state.get("_init_args", ()))) | dict(obj.state.get("_init_kwargs", {})),
+                    _Budget(path, "init kwargs"))
     block = {k: v for k, v in (kwargs.pop("block_kwargs", None) or {}).items() if k not in BLOCK_RUNTIME_ONLY}
     epilogue = dict(kwargs.pop("epilogue_kwargs", None) or {})
     for options in (block, epilogue):
