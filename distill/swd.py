@@ -14,6 +14,7 @@ patches and directions: identical sets score exactly 0.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -76,8 +77,9 @@ def sliced_wasserstein(reference: torch.Tensor, other: torch.Tensor, patches: in
         for _ in range(repeats):
             dirs = torch.randn([da.shape[1], directions], generator=g).to(da.device)
             dirs /= dirs.norm(dim=0, keepdim=True)
-            pa, pb = (da @ dirs).sort(dim=0).values, (db @ dirs).sort(dim=0).values
-            dists.append((pa - pb).abs().mean())
+            # [directions, k] sorted along rows; numpy's sort is much faster than torch's on CPU here.
+            pa, pb = (np.sort((dirs.T @ d.T).cpu().numpy(), axis=1) for d in (da, db))
+            dists.append(torch.tensor(np.abs(pa - pb).mean(dtype=np.float64)))
         result[f"swd/{a.shape[-1]}"] = float(torch.stack(dists).mean()) * 1000
     result["swd"] = sum(result.values()) / len(result)
     return result
