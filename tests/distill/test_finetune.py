@@ -1,0 +1,113 @@
+"""Fine-tuning: it moves the fixture toward a folder with a known answer (lower SWD) and stays
+blendable; FreezeD keeps its tensors; a stopped and resumed run ends bit for bit as a straight one."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from distill.blend import BlendConfig, blend_files
+from distill.checkpoint import load_generator
+from distill.cli import app
+from distill.discriminator import load_discriminator
+from distill.finetune import FinetuneConfig, FinetuneError, finetune
+from distill.stylegan2 import architecture_difference
+from runtime.common import UsageError
+from tests.helpers import BASE, make_toon_folder
+
+
+def tiny(images, out, **overrides) -> FinetuneConfig:
+    settings = dict(base=BASE, images=images, output=out, kimg=0.032, batch=4, augment="ada", ada_kimg=0.05,
+                    target=0.3, freeze_d=1, snap_kimg=0.016, swd_images=16, device="cpu", log_every=2)
+    return FinetuneConfig(**{**settings, **overrides})
+
+
+def stats(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines()]
+
+
+def state(run_dir) -> dict:
+    return torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def toons(tmp_path_factory):
+    return make_toon_folder(tmp_path_factory.mktemp("toons"))
+
+
+@pytest.fixture(scope="module")
+def learned(toons, tmp_path_factory):
+    """20 steps of batch 4 toward the recoloured, posterised renders (no augmentation, no path length)."""
+    return finetune(FinetuneConfig(base=BASE, images=toons, output=tmp_path_factory.mktemp("runs"), kimg=0.08,
+                                   augment="none", pl_weight=0, snap_kimg=0.04, swd_images=48, device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def straight(toons, tmp_path_factory):
+    """Eight steps with everything on (ADA, path length, R1, FreezeD of b32), never stopped."""
+    result = finetune(tiny(toons, tmp_path_factory.mktemp("straight")))
+    assert result.step == 8
+    return result.run_dir
+
+
+def test_finetune_lowers_the_distance_to_the_images(learned):
+    swd = [s for s in stats(learned.run_dir) if "metric/swd" in s]
+    assert [s["kimg"] for s in swd] == [0.0, 0.04, 0.08]
+    ratio = swd[-1]["metric/swd"] / swd[0]["metric/swd"]
+    print(f"SWD {swd[0]['metric/swd']:.1f} -> {swd[-1]['metric/swd']:.1f}: ratio {ratio:.3f}")
+    assert ratio < 0.7, swd
+
+
+def test_the_result_is_blendable_and_the_run_folder_complete(learned, tmp_path):
+    run = learned.run_dir
+    tuned, base = load_generator(run / "finetuned.safetensors"), load_generator(BASE)
+    assert architecture_difference(base, tuned) is None and tuned.state_dict().keys() == base.state_dict().keys()
+    assert any(not torch.equal(a, b) for a, b in zip(tuned.state_dict().values(), base.state_dict().values()))
+    blended = load_generator(blend_files(BASE, run / "finetuned.safetensors", BlendConfig(swap_res=16),
+                                         tmp_path / "blended.safetensors"))
+    assert architecture_difference(base, blended) is None
+    assert sorted(p.name for p in (run / "snapshots").iterdir()) == [
+        "kimg-000000.040.png", "kimg-000000.040.safetensors", "kimg-000000.080.png", "kimg-000000.080.safetensors"]
+    assert np.asarray(Image.open(run / "snapshots" / "kimg-000000.080.png")).shape == (64, 256, 3)   # base | tuned
+    config = json.loads((run / "config.json").read_text())
+    assert config["recipe"] == {"gamma": 0.0512, "lr": 0.0025, "ema_kimg": 1.25, "mbstd_group": 4, "total_steps": 20}
+    logged = next(s for s in stats(run) if "loss/G" in s)
+    assert {"loss/G", "loss/D", "loss/r1", "augment/p", "kimg_per_s"} <= logged.keys()
+    assert any(p.name.startswith("events.") for p in (run / "tensorboard").iterdir())
+
+
+def test_freeze_d_keeps_the_first_blocks_bit_for_bit(straight):
+    before, after = load_discriminator(BASE).state_dict(), state(straight)["D"]
+    frozen = [k for k in before if k.startswith("b32.")]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert not torch.equal(before["b16.conv0.weight"], after["b16.conv0.weight"])
+
+
+def test_resume_ends_bit_for_bit_as_a_straight_run(toons, straight, tmp_path):
+    cfg = tiny(toons, tmp_path)
+    first = finetune(cfg, stop_at=5)
+    assert first.step == 5 and state(first.run_dir)["step"] == 5
+    assert "continue: toonify-fast distill finetune --resume" in (first.run_dir / "log.txt").read_text()
+    resumed = finetune(cfg, resume=first.run_dir)
+    assert resumed.step == 8
+    a, b = state(straight), state(resumed.run_dir)
+    assert 0 < a["ada"]["p"] == b["ada"]["p"] and torch.equal(a["pl_mean"], b["pl_mean"])
+    for key in ("G", "G_ema", "D"):
+        assert a[key].keys() == b[key].keys()
+        assert all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    for key in ("opt_G", "opt_D"):
+        assert all(torch.equal(x, y) for s, t in zip(a[key]["state"].values(), b[key]["state"].values())
+                   for x, y in zip(s.values(), t.values())), key
+    assert [s for s in stats(straight) if s["kimg"] == 0.032 and "metric/swd" in s] == \
+        [s for s in stats(resumed.run_dir) if s["kimg"] == 0.032 and "metric/swd" in s]
+    with pytest.raises(FinetuneError, match="started with other settings: kimg"):
+        finetune(tiny(toons, tmp_path, kimg=1.0), resume=first.run_dir)
+
+
+def test_cli_resume_refuses_new_settings_and_bad_options(straight, toons):
+    result = CliRunner().invoke(app, ["finetune", "--resume", str(straight), "--kimg", "2"])
+    assert isinstance(result.exception, UsageError) and "leave out --kimg" in str(result.exception)
+    with pytest.raises(FinetuneError, match="augment must be one of"):
+        FinetuneConfig(base=BASE, images=toons, augment="bgc")
