@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=32, help="steps per case (the last --window are timed)")
     parser.add_argument("--window", type=int, default=16)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one: steady on a shared CPU)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
         results = [case(res, Path(tmp), args.steps, args.window, args.device) for res in SIZES]
     table = Table("res", "params G", "kimg/s", "s/step", "h per 36 kimg")

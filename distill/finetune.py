@@ -429,7 +429,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
                 saved = done
             if bar is not None:
                 bar.update(task, completed=done * cfg.batch / 1000,
-                           description=f"fine-tuning, kimg {done * cfg.batch / 1000:.2f}/{cfg.kimg:g}")
+                           description=f"fine-tuning, kimg {done * cfg.batch / 1000:g}/{cfg.kimg:g}")
             if stopper.agreed(device):
                 interrupted = True
                 break
