@@ -191,11 +191,14 @@ def update_ema(G_ema: nn.Module, G: nn.Module, beta: float) -> None:
         e.copy_(b)
 
 
-def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+def _all_sum(x: torch.Tensor, world: int) -> torch.Tensor:
     if world > 1:
         dist.all_reduce(x)
-        x /= world
     return x
+
+
+def _all_mean(x: torch.Tensor, world: int) -> torch.Tensor:
+    return _all_sum(x, world) / world
 
 
 def _sync_grads(params: list[nn.Parameter], world: int) -> None:
@@ -309,7 +312,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
             run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(
                 Path(cfg.output), f"finetune-{G.img_resolution}")
             if state is None:
-                run.write_config({"config": cfg.to_json(), "recipe": jsonable(recipe.__dict__), "world_size": world,
+                run.write_config({"config": cfg.to_json(), "recipe": jsonable(recipe), "world_size": world,
                                   "device": str(device), "images": len(reals_all), "frozen_d": frozen,
                                   "base_sha256": file_sha256(cfg.base), "torch": torch.__version__})
             run.log(f"{'resuming' if state else 'starting'} {run.path} at kimg {start * cfg.batch / 1000:.3f} of "
@@ -409,7 +412,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
                 ema_nimg = min(ema_nimg, step * cfg.batch * cfg.ema_rampup)
             update_ema(G_ema, G, 0.5 ** (cfg.batch / max(ema_nimg, 1e-8)))
             if cfg.augment == "ada":
-                ada.update(lambda t: (dist.all_reduce(t), t)[1] if world > 1 else t)
+                ada.update(lambda signs: _all_sum(signs, world))
 
             done, count = step + 1, count + 1
             for key, value in parts.items():   # the regularisers' means are over the steps that ran them
