@@ -288,6 +288,9 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
                                 f"{G.img_resolution} px", cfg.base)
         if D.b4.mbstd is not None:
             D.b4.mbstd.group_size = recipe.mbstd_group
+        if cfg.freeze_d > len(D.block_resolutions):
+            raise UsageError(f"--freeze-d {cfg.freeze_d}: the discriminator has {len(D.block_resolutions)} blocks "
+                             f"(b{D.img_resolution}..b8)", cfg.base, hint="freeze fewer blocks")
         frozen = D.freeze(blocks=cfg.freeze_d) if cfg.freeze_d else []
         G_params = list(G.parameters())
         D_params = [p for p in D.parameters() if p.requires_grad]

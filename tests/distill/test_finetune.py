@@ -114,6 +114,8 @@ def test_cli_resume_refuses_new_settings_and_bad_options(straight, toons):
     assert isinstance(result.exception, UsageError) and "leave out --kimg" in str(result.exception)
     with pytest.raises(FinetuneError, match="augment must be one of"):
         FinetuneConfig(base=BASE, images=toons, augment="bgc")
+    with pytest.raises(UsageError, match=r"--freeze-d 4: the discriminator has 3 blocks \(b32..b8\)"):
+        finetune(FinetuneConfig(base=BASE, images=toons, freeze_d=4, device="cpu"))
 
 
 def _ddp_worker(rank: int, world: int, port: int, cfg: FinetuneConfig, out) -> None:
