@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import tempfile
@@ -65,6 +66,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (one: steady on a shared CPU)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()[0]   # a shared CPU's other work slows every case: it is recorded
     with tempfile.TemporaryDirectory() as tmp:
         results = [case(res, Path(tmp), args.steps, args.window, args.device) for res in SIZES]
     table = Table("res", "params G", "kimg/s", "s/step", "h per 36 kimg")
@@ -73,7 +75,9 @@ def main() -> None:
                       f"{r['seconds_per_step']:.2f}", f"{r['hours_per_36_kimg']:.1f}")
     console.print(table)
     write_json_atomic(RESULTS, {"device": args.device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-                                "machine": platform.processor() or platform.machine(), "results": results})
+                                "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+                                "load_average_1min": {"before": load_before, "after": os.getloadavg()[0]},
+                                "results": results})
 
 
 if __name__ == "__main__":
