@@ -11,7 +11,8 @@ hue rotation about the luma axis (uniform, any angle) and saturation (log2-norma
 geometric part is one affine matrix per sample applied with affine_grid / grid_sample (bilinear,
 reflection padding); the colour part is one 4x4 matrix per sample, as NVlabs composes them.
 NVlabs' 90-degree rotations, anisotropic scaling, fractional translation, luma flip and its
-wavelet-filtered upsampling are left out. Samples whose draws leave them untouched are returned
+wavelet-filtered upsampling are left out, and the rotation is applied once with probability p
+(NVlabs rotates twice, each time with probability 1 - sqrt(1 - p)). Samples whose draws leave them untouched are returned
 as they came, bit for bit, so p = 0 is the identity exactly. Every random number is drawn from the
 given generator(s) in a fixed order, whatever p is: sample i's transform depends only on its own
 generator, not on the batch it is in.
