@@ -20,6 +20,8 @@ from distill.blend import BlendConfig
 from distill.demo import DemoConfig
 from distill.evaluate import EvalConfig
 from distill.export import ExportConfig
+from distill.finetune import RESUMABLE as FINETUNE_RESUMABLE
+from distill.finetune import FinetuneConfig
 from distill.pairs import PairsConfig, SampleConfig
 from distill.project import CompareConfig, ProjectConfig
 from distill.train import RESUMABLE, TrainConfig
@@ -27,7 +29,7 @@ from runtime.common import UsageError
 from runtime.options import command, given
 
 app = typer.Typer(help="Build a toonify-fast model from StyleGAN2 teachers: blend, sample, pairs, "
-                       "train, eval, export, align.", add_completion=False, no_args_is_help=True,
+                       "train, eval, export, align, finetune.", add_completion=False, no_args_is_help=True,
                   pretty_exceptions_enable=False, rich_markup_mode=None,
                   context_settings={"help_option_names": ["-h", "--help"]})
 
@@ -110,6 +112,28 @@ def train(cfg: TrainConfig, ctx: typer.Context,
     result = run_training(cfg, resume=resume, stop_at=stop_at)
     if result.run_dir is not None:
         typer.echo(result.run_dir)
+
+
+@command(app, FinetuneConfig)
+def finetune(cfg: FinetuneConfig, ctx: typer.Context,
+             resume: Annotated[Optional[Path], typer.Option(
+                 help="Continue this run folder exactly where it stopped, with its own settings (config.json).")] = None,
+             stop_at: Annotated[Optional[int], typer.Option(
+                 help="End this session after this step with a checkpoint (continue later with --resume).")] = None) -> None:
+    """Fine-tune a StyleGAN2 on aligned faces (NVlabs' StyleGAN2-ADA recipe): the toon model for `distill blend --toon`."""
+    from distill.finetune import finetune as run_finetune
+    from distill.finetune import load_run_config
+    if resume is not None:
+        chosen = given(ctx)
+        refused = sorted(chosen - FINETUNE_RESUMABLE - {"resume", "stop_at"})
+        if refused:
+            raise UsageError(f"--resume continues a run with its own settings; leave out "
+                             f"{', '.join('--' + name.replace('_', '-') for name in refused)}", resume,
+                             hint="start a new run to change them")
+        cfg = replace(load_run_config(resume), **{name: getattr(cfg, name) for name in chosen & FINETUNE_RESUMABLE})
+    result = run_finetune(cfg, resume=resume, stop_at=stop_at)
+    if result.run_dir is not None:
+        typer.echo(result.run_dir / "finetuned.safetensors")
 
 
 @command(app, EvalConfig, name="eval")

@@ -291,5 +291,22 @@ def load_in_child(paths: list, timeout: float = 600) -> list[dict]:
     return results
 
 
+def make_toon_folder(root: Path, count: int = 48, seed: int = 1000) -> Path:
+    """A fine-tuning target with a known answer: `count` renders of the 32 px NVlabs fixture (seeds
+    seed..), recoloured (channels rotated: RGB -> BRG) and posterised to 4 levels, as PNGs in root."""
+    import torch
+
+    from distill.checkpoint import load_generator
+    from distill.pairs import seed_latents
+    from runtime.images import nchw_to_hwc, write_image
+    G = load_generator(BASE)
+    with torch.no_grad():
+        x = G(seed_latents(list(range(seed, seed + count)), G.z_dim)).clamp(-1, 1)[:, [2, 0, 1]]
+    x = torch.round((x + 1) * 1.5) / 1.5 - 1
+    for i, image in enumerate(nchw_to_hwc(x.numpy())):
+        write_image(Path(root) / f"{i:03d}.png", image)
+    return Path(root)
+
+
 if __name__ == "__main__":
     _child(sys.argv[1:])
