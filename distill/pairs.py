@@ -82,11 +82,11 @@ class PairsConfig:
     blended: Path | None = setting(None, "Blended checkpoint from `distill blend`: the toon images (or give --style).")
     styles: tuple[tuple[str, Path], ...] = setting(
         (), "NAME=BLENDED: a style for a conditioned student, a blended checkpoint; repeat for more (instead of "
-            "--blended). Each pair draws one.", flags=("--style",), cli=Optional[list[str]],
+            "--blended). Each pair draws one.", flags=("--style",), cli=Optional[list[str]], metavar="NAME=BLENDED",
         parse=lambda texts: parse_styles(texts or ()))
     strengths: tuple[float, float] | None = setting(
         None, "With --style: each pair's strength, uniform in LO:HI (e.g. 0:1), or one value (default: 1).",
-        cli=Optional[str], parse=lambda text: None if text is None else parse_strengths(text))
+        cli=Optional[str], metavar="LO:HI", parse=lambda text: None if text is None else parse_strengths(text))
     res: int | None = setting(None, "Side of the written images, Lanczos-resized (default: the teachers' resolution).")
     psi: float = psi_setting()
     seed: int = setting(0, "Seed of the set: pair i depends on (seed, i) only.")
@@ -137,7 +137,7 @@ class SampleConfig:
     strengths: tuple[float, ...] | None = setting(
         None, "A strength sweep: each network after the first (a blend of it) gives one row per strength, e.g. "
               "0,0.5,1, interpolated per tensor with the first (the base); 0 shows the base's own image.",
-        cli=Optional[str], parse=lambda text: None if text is None else parse_strength_list(text))
+        cli=Optional[str], metavar="S,S,...", parse=lambda text: None if text is None else parse_strength_list(text))
 
 
 def parse_strength_list(text: str) -> tuple[float, ...]:

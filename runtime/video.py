@@ -68,7 +68,7 @@ class VideoConfig:
     strength: tuple[float, float] | None = setting(
         None, "How strong the style is, 0 (the face's reconstruction) to 1 (the full style); LO:HI ramps it linearly "
               "from the first frame to the last, e.g. 0:1 (default: the model's).",
-        cli=Optional[str], parse=lambda text: None if text is None else parse_strength_ramp(text))
+        cli=Optional[str], metavar="S|LO:HI", parse=lambda text: None if text is None else parse_strength_ramp(text))
     codec: str = setting("libx264", "Video encoder (FFmpeg name).")
     crf: int = setting(18, "Constant rate factor for x264/x265/VPx/AV1: lower is better and bigger.", min=0, max=63)
     # Guided, a wider window costs no lag (the motion is followed, only the landmarks' residual is

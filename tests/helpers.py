@@ -290,3 +290,19 @@ def build_conditioned_model(path: Path, styles: tuple[str, ...] = ("cartoon", "u
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return path
+
+
+def make_recoloured_toon(path, mix=((0.2, 0.9, 0.0), (0.0, 0.3, 0.8), (0.9, 0.0, 0.3))):
+    """A stand-in toon fine-tune that a tiny student learns in a few hundred steps: the fixture
+    generator with every ToRGB layer's colours mixed by the 3x3 `mix`, saved to `path`.
+    Blended by resolution, the mix recolours the image's coarse or fine part. Returns the toon."""
+    import torch
+
+    from distill.checkpoint import load_generator, save_generator
+    toon = load_generator(BASE)
+    with torch.no_grad():
+        for key, p in toon.state_dict().items():
+            if key.endswith(("torgb.weight", "torgb.bias")):
+                p.copy_(torch.einsum("oi,i...->o...", torch.tensor(mix), p))
+    save_generator(toon, path)
+    return toon

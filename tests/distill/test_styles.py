@@ -1,0 +1,210 @@
+"""Style control: blends at a strength, pair sets with several styles and strengths, the
+conditioned student that learns them, its export (conditioned and folded) and its evaluation."""
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from distill.blend import BlendConfig, at_strength, blend_files, blend_generators, strength_weights
+from distill.checkpoint import load_generator
+from distill.evaluate import EvalConfig, evaluate_file
+from distill.export import ExportConfig, export_student
+from distill.pairs import (PairsConfig, PairsError, SampleConfig, generate_pairs, pair_condition, read_manifest,
+                           sample_grid, synthesize, write_sample_grid)
+from distill.runs import load_student
+from distill.train import TrainConfig, train
+from runtime.engine import Toonifier, read_model_info
+from runtime.images import hwc_to_nchw, nchw_to_hwc, read_image
+from tests.helpers import BASE, make_toon
+
+STYLES = ("lowres", "highres")
+
+
+def make_styles(folder):
+    """Two styles from one toon stand-in, blended two ways: its low-resolution blocks (structure)
+    or its highest block (rendering) on the base."""
+    make_toon(folder / "toon.safetensors")
+    blend_files(BASE, folder / "toon.safetensors", BlendConfig(swap_res=16), folder / "lowres.safetensors")
+    blend_files(BASE, folder / "toon.safetensors", BlendConfig(weights=(1, 1, 1, 0)), folder / "highres.safetensors")
+    return tuple((name, folder / f"{name}.safetensors") for name in STYLES)
+
+
+def styled_pairs(styles, out, **kwargs):
+    settings = dict(base=BASE, output=out, count=4, res=32, device="cpu", styles=styles, strengths=(0.0, 1.0))
+    return generate_pairs(PairsConfig(**{**settings, **kwargs}))
+
+
+@pytest.fixture(scope="module")
+def styles(tmp_path_factory):
+    return make_styles(tmp_path_factory.mktemp("styles"))
+
+
+def test_strength_scales_every_toon_share_and_reaches_the_base_at_zero():
+    assert strength_weights({"a": 0.0, "b": 0.25, "c": 1.0}, 0.5) == {"a": 0.5, "b": 0.625, "c": 1.0}
+    assert strength_weights({"b": 0.3}, 1.0) == {"b": 0.3}        # exactly the blend at 1
+    base, blend = {"w": torch.tensor([0.0, 2.0])}, {"w": torch.tensor([4.0, 2.0])}
+    assert torch.equal(at_strength(base, blend, 0.25)["w"], torch.tensor([1.0, 2.0]))
+    assert torch.equal(at_strength(base, blend, 0.0)["w"], base["w"])
+    base_G, toon_G = load_generator(BASE), load_generator(BASE)
+    with torch.no_grad():
+        for p in toon_G.parameters():
+            p.add_(0.1)
+    cfg = BlendConfig(swap_res=8, width=0.7)
+    half = blend_generators(base_G, toon_G, cfg, strength=0.5).state_dict()
+    interpolated = at_strength(base_G.state_dict(), blend_generators(base_G, toon_G, cfg).state_dict(), 0.5)
+    assert max(float((half[k] - interpolated[k]).abs().max()) for k in half) < 1e-6   # a blend is linear
+    assert all(torch.equal(v, base_G.state_dict()[k])
+               for k, v in blend_generators(base_G, toon_G, cfg, strength=0.0).state_dict().items())
+
+
+def test_each_pair_draws_its_style_and_strength_from_seed_and_index(styles, tmp_path):
+    styled_pairs(styles, tmp_path / "whole", save_latents=True)
+    for k in (1, 0):
+        styled_pairs(styles, tmp_path / "sharded", save_latents=True, shard=(k, 2))
+    entries = read_manifest(tmp_path / "whole")
+    assert entries == read_manifest(tmp_path / "sharded")
+    for name in ("real", "toon"):
+        for e in entries:
+            assert (tmp_path / "whole" / e[name]).read_bytes() == (tmp_path / "sharded" / e[name]).read_bytes()
+    for e in entries:
+        style, strength = pair_condition(0, e["index"], 2, (0.0, 1.0))
+        assert (e["style"], e["style_index"], e["strength"]) == (STYLES[style], style, strength)
+    assert len({e["style"] for e in entries}) == 2 and len({e["strength"] for e in entries}) == 4
+    # The toon is the base and the style's blend interpolated at the pair's strength, from the same w+.
+    base = load_generator(BASE)
+    e = entries[0]
+    teacher = load_generator(BASE)
+    teacher.load_state_dict(at_strength(base.state_dict(), load_generator(styles[e["style_index"]][1]).state_dict(),
+                                        e["strength"]))
+    w = torch.from_numpy(np.load(tmp_path / "whole" / e["latent"]))[None]
+    np.testing.assert_array_equal(nchw_to_hwc(synthesize(teacher, w).numpy())[0],
+                                  read_image(tmp_path / "whole" / e["toon"])[0])
+    meta = json.loads((tmp_path / "whole" / "pairs.json").read_text())
+    assert [s["name"] for s in meta["styles"]] == list(STYLES) and meta["strengths"] == [0.0, 1.0]
+    with pytest.raises(PairsError) as err:
+        styled_pairs(styles, tmp_path / "whole", save_latents=True, strengths=(0.5, 1.0))
+    assert err.value.reason == "this pair set was made with strengths = [0.0, 1.0]; this run asks for [0.5, 1.0]"
+
+
+@pytest.mark.parametrize("kwargs, reason", [
+    ({"styles": ()}, "give either --blended (one toon teacher) or --style NAME=BLENDED (one or more)"),
+    ({"strengths": (0.8, 0.2)}, "strengths must be LO:HI with 0 <= LO <= HI <= 1, got 0.8:0.2"),
+])
+def test_pairs_config_refuses_styles_that_make_no_sense(styles, tmp_path, kwargs, reason):
+    with pytest.raises(PairsError) as e:
+        PairsConfig(**{**dict(base=BASE, output=tmp_path, count=1, styles=styles), **kwargs})
+    assert e.value.reason == reason
+
+
+def test_sample_shows_a_strength_sweep_that_starts_at_the_base(styles, tmp_path):
+    out = write_sample_grid(SampleConfig(networks=(BASE, styles[0][1]), output=tmp_path / "sweep.png", seeds=(3,),
+                                         strengths=(0.0, 1.0), device="cpu"))
+    grid = read_image(out)[0]
+    assert grid.shape[0] == 2 * 32 + 2 * grid.shape[0] // 2 - 64 or grid.shape[0] >= 64
+    dev = torch.device("cpu")
+    base_row = sample_grid([load_generator(BASE)], [3], 0.7, dev)
+    blend_row = sample_grid([load_generator(styles[0][1])], [3], 0.7, dev)
+    rows = np.split(grid, 2, axis=0)
+    np.testing.assert_array_equal(rows[0], base_row)
+    np.testing.assert_array_equal(rows[1], blend_row)
+
+
+# ---- the conditioned student ----
+
+@pytest.fixture(scope="module")
+def learned(styles, tmp_path_factory):
+    """A conditioned lite student trained briefly on 2 styles x strengths in [0, 1] at 32 px:
+    (pair folder, student file)."""
+    folder = tmp_path_factory.mktemp("conditioned")
+    styled_pairs(styles, folder / "pairs", count=48, val_count=8, save_latents=True)
+    cfg = TrainConfig(pairs=folder / "pairs", output=folder / "runs", preset="lite", res=32, steps=300, batch_size=8,
+                      lr=1e-3, gan=False, vgg=False, l1_weight=1.0, augment=False, workers=0, log_every=50,
+                      sample_every=300)
+    return folder / "pairs", train(cfg).run_dir / "student-ema.pt"
+
+
+def psnr(a, b):
+    return float(10 * np.log10(255 ** 2 / np.mean((a.astype(float) - b.astype(float)) ** 2)))
+
+
+MARGIN_DB = 1.0   # how much closer the student must be to the asked teacher than to the wrong one
+
+
+def test_conditioned_student_follows_style_and_strength(styles, learned):
+    pairs, student = learned
+    model, info = load_student(student)
+    assert info.styles == STYLES and info.config.styles == 2
+    base = load_generator(BASE)
+    blends = [load_generator(path).state_dict() for _, path in styles]
+    val = read_manifest(pairs / "val")
+    w = torch.from_numpy(np.stack([np.load(pairs / "val" / e["latent"]) for e in val]))
+    real = np.stack([read_image(pairs / "val" / e["real"])[0] for e in val])
+
+    def teacher(style, strength):
+        G = load_generator(BASE)
+        G.load_state_dict(at_strength(base.state_dict(), blends[style], strength))
+        return nchw_to_hwc(synthesize(G, w).numpy())
+
+    def student_at(style, strength):
+        n = len(real)
+        with torch.no_grad():
+            out = model(torch.from_numpy(hwc_to_nchw(real)), torch.full((n,), style), torch.full((n,), strength))
+        return nchw_to_hwc(out.numpy())
+
+    grid = (0.0, 0.5, 1.0)
+    teachers = {(k, s): teacher(k, s) for k in (0, 1) for s in grid}
+    outputs = {(k, s): student_at(k, s) for k in (0, 1) for s in grid}
+    scores = {}
+    for (k, s), out in outputs.items():
+        own = psnr(out, teachers[k, s])
+        scores[k, s] = own
+        if s >= 0.5:     # at strength 0 both styles are the base itself
+            other = psnr(out, teachers[1 - k, s])
+            print(f"style {STYLES[k]} at {s}: {own:.2f} dB to its teacher, {other:.2f} dB to the other style's")
+            assert own > other + MARGIN_DB
+        for s2 in grid:
+            if abs(s - s2) >= 0.5:
+                wrong = psnr(out, teachers[k, s2])
+                print(f"style {STYLES[k]} at {s}: {own:.2f} dB to its teacher, {wrong:.2f} dB to strength {s2}'s")
+                assert own > wrong + MARGIN_DB
+        # Strength 0 reconstructs the photo: the output is closer to its input than at full strength.
+    for k in (0, 1):
+        assert psnr(outputs[k, 0.0], real) > psnr(outputs[k, 1.0], real) + MARGIN_DB
+
+
+def test_folded_export_equals_the_conditioned_export(learned, tmp_path):
+    pairs, student = learned
+    conditioned = export_student(ExportConfig(student=student, output=tmp_path / "styles.onnx"))
+    folded = export_student(ExportConfig(student=student, output=tmp_path / "folded.onnx", style="highres",
+                                         strength=0.6))
+    assert max(conditioned["parity"].values()) < 1e-4 and max(folded["parity"].values()) < 1e-4
+    graph = onnx.load(str(tmp_path / "styles.onnx"))
+    assert [(i.name, i.type.tensor_type.elem_type) for i in graph.graph.input] == [
+        ("input", onnx.TensorProto.FLOAT), ("style", onnx.TensorProto.INT64), ("strength", onnx.TensorProto.FLOAT)]
+    info, folded_info = read_model_info(tmp_path / "styles.onnx"), read_model_info(tmp_path / "folded.onnx")
+    assert info.style_names == STYLES and info.default_strength == 1.0
+    assert folded_info.style_names == () and folded_info.extra == {"style": "highres", "strength": "0.6"}
+    assert [i.name for i in onnx.load(str(tmp_path / "folded.onnx")).graph.input] == ["input"]
+    x = hwc_to_nchw(np.stack([read_image(p)[0] for p in sorted((pairs / "val" / "real").iterdir())]))
+    a = Toonifier(tmp_path / "styles.onnx", "cpu").session.run(
+        ["output"], {"input": x, "style": np.ones(len(x), np.int64), "strength": np.full(len(x), 0.6, np.float32)})[0]
+    b = Toonifier(tmp_path / "folded.onnx", "cpu").session.run(["output"], {"input": x})[0]
+    assert np.abs(a - b).max() < 1e-4
+    u8 = nchw_to_hwc(x)
+    assert np.array_equal(Toonifier(tmp_path / "styles.onnx", "cpu").run(u8, style="highres", strength=0.6),
+                          Toonifier(tmp_path / "folded.onnx", "cpu").run(u8, style="highres", strength=0.6)) or \
+        np.abs(Toonifier(tmp_path / "styles.onnx", "cpu").run(u8, style="highres", strength=0.6).astype(int)
+               - Toonifier(tmp_path / "folded.onnx", "cpu").run(u8).astype(int)).max() <= 1
+
+
+def test_eval_reports_each_style_and_strength(learned, tmp_path):
+    pairs, student = learned
+    report = evaluate_file(EvalConfig(student=student, pairs=pairs / "val", output=tmp_path / "report.json"))
+    conditions = report["conditions"]
+    assert sum(c["count"] for c in conditions) == report["count"] == 8
+    manifest = read_manifest(pairs / "val")
+    assert {c["style"] for c in conditions} == {e["style"] for e in manifest}
+    assert all(set(c["student"]) >= {"psnr", "ssim"} and 0 <= c["strength"] <= 1 for c in conditions)
+    assert json.loads((tmp_path / "report.json").read_text())["conditions"] == conditions
