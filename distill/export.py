@@ -341,7 +341,10 @@ def _condition(cfg: ExportConfig, student: StudentInfo) -> tuple[int, float] | N
     if cfg.style not in student.styles:
         raise UsageError(f"no style {cfg.style!r} in this student", cfg.student,
                          hint=f"its styles: {', '.join(student.styles)}")
-    return student.styles.index(cfg.style), student.default_strength if cfg.strength is None else cfg.strength
+    strength = student.default_strength if cfg.strength is None else cfg.strength
+    if not 0.0 <= strength <= 1.0:
+        raise UsageError(f"--strength must lie in [0, 1], got {strength}", hint="0 reconstructs the photo, 1 is the full style")
+    return student.styles.index(cfg.style), strength
 
 
 def export_student(cfg: ExportConfig) -> dict:

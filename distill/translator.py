@@ -94,7 +94,7 @@ class ConditionalInstanceNorm(nn.Module):
         scale, shift = 1 + self.affine[:, :c], self.affine[:, c:]
         y = F.instance_norm(x.reshape(1, -1, x.shape[2], x.shape[3]), weight=scale.reshape(-1),
                             bias=shift.reshape(-1), eps=1e-5)
-        return y.reshape(x.shape)
+        return y.view_as(x)
 
 
 class StyleCondition(nn.Module):

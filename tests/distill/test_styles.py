@@ -214,3 +214,24 @@ def test_eval_reports_each_style_and_strength(learned, tmp_path):
     assert {c["style"] for c in conditions} == {e["style"] for e in manifest}
     assert all(set(c["student"]) >= {"psnr", "ssim"} and 0 <= c["strength"] <= 1 for c in conditions)
     assert json.loads((tmp_path / "report.json").read_text())["conditions"] == conditions
+
+
+def test_export_refuses_styles_a_student_does_not_have(tmp_path):
+    from distill.runs import StudentInfo, save_student
+    from distill.translator import build_generator
+    from runtime.common import UsageError
+    from tests.helpers import make_student
+    plain = make_student(tmp_path / "plain.pt")
+    G = build_generator("lite", styles=2)
+    save_student(G, tmp_path / "styles.pt", StudentInfo(G.cfg, "lite", 32, styles=STYLES))
+    cases = [(plain, {"style": "lowres"}, "--style and --strength are for a conditioned student (trained on pairs "
+                                          "with styles); this one has a single style"),
+             (tmp_path / "styles.pt", {"style": "pixar"}, "no style 'pixar' in this student"),
+             (tmp_path / "styles.pt", {"strength": 0.5}, "--strength is folded in with a style"),
+             (tmp_path / "styles.pt", {"style": "lowres", "strength": 1.5}, "--strength must lie in [0, 1], got 1.5"),
+             (tmp_path / "styles.pt", {"int8": True}, "--int8 calibrates a one-input model: fold a style into it")]
+    for student, kwargs, reason in cases:
+        with pytest.raises(UsageError) as e:
+            export_student(ExportConfig(student=student, output=tmp_path / "out.onnx", **kwargs))
+        assert e.value.reason == reason
+    assert not (tmp_path / "out.onnx").exists()
