@@ -290,6 +290,8 @@ def run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats:
 
     def run(batch, strengths):
         with stages.timed("inference"):
+            if style is None and None in strengths:      # a one-input model, or the model's own defaults
+                return toonifier.run(batch)
             return toonifier.run(batch, style=style, strength=None if None in strengths else strengths)
 
     def infer(pool):
