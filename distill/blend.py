@@ -12,6 +12,13 @@ Each tensor is W = y * W_texture + (1 - y) * W_structure, with one weight y per 
   between the swap block and the next one and width -> 0 gives back the hard swap;
 - explicit: one y per block resolution, lowest first.
 
+A strength s in [0, 1] scales every tensor's toon share: y_l(s) = 1 - s * (1 - y_l), so s = 1 is
+the blend as configured and s = 0 the base model itself (the photo's own reconstruction); in
+between the toon weight of each layer is s times its full value. Since a blend is linear in the
+weights, the same model at strength s is the base and the blend interpolated per tensor,
+W(s) = (1 - s) * W_base + s * W_blend (at_strength): what `distill pairs --strengths` and
+`distill sample --strengths` use, given blended files.
+
 Everything outside the synthesis blocks (mapping.*, mapping.w_avg) and the noise constants
 come whole from one model, `mapping_from` ('base' by default): pairs are made by mapping a
 latent once with the base mapping network and feeding the same w+ and noise to the base and
@@ -123,6 +130,29 @@ def layer_weights(keys: list[str], cfg: BlendConfig) -> dict[str, float]:
             for k in keys}
 
 
+def check_strength(strength: float) -> float:
+    """`strength` as a float, or BlendError when it lies outside [0, 1]."""
+    if not (math.isfinite(strength) and 0.0 <= strength <= 1.0):
+        raise BlendError(f"strength must lie in [0, 1], got {strength}",
+                         hint="0 is the base model (no toon), 1 the full blend")
+    return float(strength)
+
+
+def strength_weights(weights: Mapping[str, float], strength: float) -> dict[str, float]:
+    """Base shares at a strength: y(s) = 1 - s * (1 - y) for every key (the toon share 1 - y scaled by s)."""
+    s = check_strength(strength)
+    # At s = 1 the weights are returned as they are: 1 - (1 - y) may round away from y.
+    return dict(weights) if s == 1.0 else {k: 1.0 - s * (1.0 - y) for k, y in weights.items()}
+
+
+def at_strength(base: Mapping[str, torch.Tensor], blended: Mapping[str, torch.Tensor],
+                strength: float) -> dict[str, torch.Tensor]:
+    """A blend at `strength` from the base and the full blend's state_dicts: (1 - s) * base + s * blended
+    per tensor, which is the blend whose every toon share is s times the blend's."""
+    s = check_strength(strength)
+    return blend_state_dicts(base, blended, lambda key: 1.0 - s)
+
+
 def check_same_architecture(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor],
                             names: tuple[str, str] = ("base", "toon")) -> None:
     """Raise BlendError naming the first key or shape on which two state_dicts differ."""
@@ -154,8 +184,9 @@ def blend_state_dicts(texture: Mapping[str, torch.Tensor], structure: Mapping[st
     return out
 
 
-def blend_generators(base: Generator, toon: Generator, cfg: BlendConfig) -> Generator:
-    """A new Generator whose weights blend `base` (texture) and `toon` (structure) per `cfg`.
+def blend_generators(base: Generator, toon: Generator, cfg: BlendConfig, strength: float = 1.0) -> Generator:
+    """A new Generator whose weights blend `base` (texture) and `toon` (structure) per `cfg`, at
+    `strength` (strength_weights: 0 gives the base, 1 the blend as configured).
 
     Both must share the architecture (keys, shapes, z_dim, w_dim, num_ws, resolution); other
     construction settings (conv_clamp, fp16 layers) are taken from the base model.
@@ -170,7 +201,7 @@ def blend_generators(base: Generator, toon: Generator, cfg: BlendConfig) -> Gene
                        if base.init_kwargs.get(k) != toon.init_kwargs.get(k))
     if differing:
         note(f"the models' settings differ in {', '.join(differing)}; the blend uses the base model's")
-    blended = blend_state_dicts(texture, structure, layer_weights(list(texture), cfg))
+    blended = blend_state_dicts(texture, structure, strength_weights(layer_weights(list(texture), cfg), strength))
     G = Generator(**base.init_kwargs)
     G.load_state_dict(blended)
     return G.eval().requires_grad_(False)

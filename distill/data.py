@@ -3,6 +3,10 @@ same geometric augmentation on both and photometric degradation on the real phot
 
     ds = PairedDataset("pairs/", res=256)           # ds[i] -> (real, toon), each [3, 256, 256] in [-1, 1]
 
+A pair set with styles (`distill pairs --style ...`) also gives each item its condition:
+ds[i] -> (real, toon, style int64 [], strength float32 []), with `ds.styles` the style names in
+index order (read from pairs.json and manifest.jsonl); a plain set keeps `ds.styles == ()`.
+
 A pair folder holds real/STEM.png and toon/STEM.png (or any runtime.images.IMAGE_SUFFIXES); the same stem is
 the same pair (distill/pairs.py writes them; manifest.jsonl is not needed). Unreadable or
 unmatched files are reported and skipped. Item i of epoch e depends only on (seed, e, i), so
@@ -10,6 +14,7 @@ workers, resuming and DDP sharding never change what the student sees.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -154,6 +159,23 @@ def _read(path: Path) -> np.ndarray:
                               hint="delete this pair (real/ and toon/ files with this stem) and restart") from None
 
 
+def read_conditions(root: str | os.PathLike) -> tuple[tuple[str, ...], dict[str, tuple[int, float]]]:
+    """(style names in index order, stem -> (style index, strength)) of a pair set with styles, from
+    its pairs.json (in the folder, or its parent for val/) and manifest.jsonl; ((), {}) for a plain set."""
+    root = Path(root)
+    meta = next((p for p in (root / "pairs.json", root.parent / "pairs.json") if p.is_file()), None)
+    styles = json.loads(meta.read_text()).get("styles") if meta is not None else None
+    if not styles:
+        return (), {}
+    manifest = root / "manifest.jsonl"
+    if not manifest.is_file():
+        raise PairFolderError("a pair set with styles needs its manifest.jsonl (each pair's style and strength)",
+                              root, hint="complete the set with `toonify-fast distill pairs` and the same settings")
+    entries = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    return (tuple(s["name"] for s in styles),
+            {Path(e["real"]).stem: (int(e["style_index"]), float(e["strength"])) for e in entries})
+
+
 class PairedDataset(torch.utils.data.Dataset):
     """(real, toon) pairs of a pair folder as [3, res, res] float32 tensors in [-1, 1].
 
@@ -169,6 +191,12 @@ class PairedDataset(torch.utils.data.Dataset):
         self.root, self.res, self.augment, self.seed, self.epoch = Path(root), res, augment, seed, 0
         self.pairs, self.unmatched, self.unreadable = scan_pairs(root)
         self.skipped = len(self.unmatched) + len(self.unreadable)
+        self.styles, conditions = read_conditions(root)
+        missing = [real for real, _ in self.pairs if self.styles and real.stem not in conditions]
+        if missing:
+            raise PairFolderError(f"{len(missing)} pair(s) are not in manifest.jsonl, so their style is unknown",
+                                  missing[0], hint="remove them, or remake the set with `toonify-fast distill pairs`")
+        self.conditions = [conditions[real.stem] for real, _ in self.pairs] if self.styles else []
         self.fit = _fit(res)
         self.geometric = _geometric() if augment else None
         self.photometric = _photometric() if augment and photometric else None
@@ -180,7 +208,7 @@ class PairedDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, ...]:
         real, toon = (self.fit(image=_read(path))["image"] for path in self.pairs[index])
         # Separate streams, so switching photometric off leaves the geometry of every item unchanged.
         geometric_seed, photometric_seed = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(2)
@@ -191,4 +219,8 @@ class PairedDataset(torch.utils.data.Dataset):
         if self.photometric is not None:
             self.photometric.set_random_seed(int(photometric_seed))
             real = self.photometric(image=real)["image"]
-        return torch.from_numpy(hwc_to_nchw(real)[0]), torch.from_numpy(hwc_to_nchw(toon)[0])
+        images = torch.from_numpy(hwc_to_nchw(real)[0]), torch.from_numpy(hwc_to_nchw(toon)[0])
+        if not self.styles:
+            return images
+        style, strength = self.conditions[index]
+        return *images, torch.tensor(style), torch.tensor(strength, dtype=torch.float32)

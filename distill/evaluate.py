@@ -4,6 +4,10 @@ photo itself as the answer), and LPIPS when its weights are on this machine.
 
     toonify-fast distill eval --student runs/00003-lite-256/student-ema.pt --pairs pairs/val -o report.json
 
+A conditioned student (trained on pairs with styles) is scored on each pair at that pair's style
+and strength, and the report adds the scores per (style, strength), strengths rounded to
+STRENGTH_BIN (the pairs' strengths are drawn from a continuous range).
+
 Images are compared as a user gets them: outputs rounded to uint8 (runtime.images.nchw_to_hwc),
 then scaled to [0, 1]. Scores are means over pairs of the per-image values.
 """
@@ -28,7 +32,8 @@ from runtime.options import setting
 
 SSIM_WINDOW, SSIM_SIGMA = 11, 1.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-LPIPS_ALEXNET = "alexnet-owt-7be5be79.pth"   # torchvision's file name for the backbone LPIPS uses
+LPIPS_ALEXNET = "alexnet-owt-7be5be79.pth"
+STRENGTH_BIN = 0.1                           # strengths are grouped to this step in the per-condition scores   # torchvision's file name for the backbone LPIPS uses
 
 
 @dataclass(frozen=True)
@@ -115,17 +120,23 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
 
     Pairs are fitted to res x res without augmentation (distill.data). Returns
     {"pairs", "count", "res", "student": {"psnr", "ssim"[, "lpips"]}, "identity": {...}, "lpips": {...}}
-    where identity scores the input photo itself against the toon.
+    where identity scores the input photo itself against the toon. On a pair set with styles the
+    model is run as model(real, style, strength) and "conditions" lists
+    {"style", "strength", "count", "student": {...}, "identity": {...}} per (style, strength bin).
     """
     dataset = PairedDataset(pairs_dir, res, augment=False)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size)
     lpips_net, skipped = lpips_model(torch.device(device))
     model = model.to(device).eval()
     scores = {name: {"psnr": [], "ssim": [], "lpips": []} for name in ("student", "identity")}
+    keys = []     # each pair's (style, strength bin) on a set with styles
     with progress("pairs", transient=True) as bar:
         task = bar.add_task("evaluating", total=len(dataset))
-        for real, toon in loader:
-            out = model(real.to(device))
+        for real, toon, *condition in loader:
+            out = model(real.to(device), *(c.to(device) for c in condition))
+            if condition:
+                keys += [(dataset.styles[k], round(round(float(s) / STRENGTH_BIN) * STRENGTH_BIN, 6))
+                         for k, s in zip(*(c.tolist() for c in condition))]
             target = unit(toon, rounded=True)
             for name, guess in (("student", out), ("identity", real)):
                 guess = unit(guess, rounded=True)
@@ -140,6 +151,13 @@ def evaluate_student(model: nn.Module, pairs_dir: str | os.PathLike, res: int, b
               "lpips": {"computed": False, "reason": skipped} if skipped else {"computed": True, "net": "alex"}}
     for name, values in scores.items():
         report[name] = {metric: float(torch.cat(v).mean()) for metric, v in values.items() if v}
+    if keys:
+        flat = {name: {metric: torch.cat(v) for metric, v in values.items() if v} for name, values in scores.items()}
+        report["conditions"] = []
+        for style, strength in sorted(set(keys), key=lambda k: (dataset.styles.index(k[0]), k[1])):
+            mask = torch.tensor([k == (style, strength) for k in keys])
+            report["conditions"].append({"style": style, "strength": strength, "count": int(mask.sum()), **{
+                name: {metric: float(v[mask].mean()) for metric, v in values.items()} for name, values in flat.items()}})
     return report
 
 
@@ -155,6 +173,9 @@ def evaluate_file(cfg: EvalConfig) -> dict:
         scores = report[name]
         console.print(f"{name:>8}: PSNR {scores['psnr']:6.2f} dB   SSIM {scores['ssim']:.4f}"
                       + (f"   LPIPS {scores['lpips']:.4f}" if "lpips" in scores else ""))
+    for c in report.get("conditions", ()):
+        console.print(f"{c['style']:>12} at {c['strength']:.1f}: PSNR {c['student']['psnr']:6.2f} dB   "
+                      f"SSIM {c['student']['ssim']:.4f}   (identity {c['identity']['psnr']:6.2f} dB, {c['count']} pairs)")
     if not report["lpips"]["computed"]:
         console.print(f"LPIPS skipped: {report['lpips']['reason']}")
     if cfg.output is not None:

@@ -3,7 +3,10 @@
     toonify-fast distill export --student runs/00000-lite-256/student-ema.pt -o exports/toonify.onnx --triton exports/triton
 
 The exported graph takes and returns [N, 3, H, W] float32 in [-1, 1] with dynamic N, H and W
-(multiples of the architecture's size multiple). Everything the runtime needs travels in the
+(multiples of the architecture's size multiple). A conditioned student (trained on pairs with
+styles) also takes `style` (int64 [N], an index into the metadata's `styles`) and `strength`
+(float32 [N] in [0, 1]); `--style NAME --strength S` instead folds one condition into the norms'
+scale and bias (translator.fold_condition): a one-input model as fast as the plain student. Everything the runtime needs travels in the
 file's `metadata_props` (runtime.engine.ModelInfo), so apps never need torch or this package.
 The export is checked before it is written: onnx.checker, then ONNX Runtime against PyTorch on
 random inputs and on a real photo, at the training size and at a second size (`--int8`: PSNR on
@@ -27,7 +30,8 @@ import torch.nn.functional as F
 
 import runtime
 from distill import quantize
-from distill.runs import load_student
+from distill.runs import StudentInfo, load_student
+from distill.translator import fold_condition
 from runtime.common import ToonifyError, UsageError, console, note, output_suffix, write_bytes_atomic
 from runtime.engine import ModelInfo
 from runtime.options import setting
@@ -52,6 +56,10 @@ class ExportConfig:
                                         "(NAME/config.pbtxt, NAME/1/model.onnx).")
     triton_name: str | None = setting(None, cli=False)   # model name in that repository (default: the output's stem)
     max_batch_size: int = setting(8, "Triton's max_batch_size for dynamic batching.")
+    style: str | None = setting(None, "A conditioned student: fold this style into the model (one input, as fast "
+                                      "as a plain student; default: keep the style and strength inputs).")
+    strength: float | None = setting(None, "With --style: the strength folded in (default: the student's default).",
+                                     min=0.0, max=1.0)
     parity_images: tuple[Path, ...] = setting(
         (), "A real photo for the ONNX Runtime vs PyTorch parity check; repeatable (default: a bundled portrait).",
         flags=("--parity-image",))
@@ -142,18 +150,24 @@ def export_form(model: torch.nn.Module, quantizable: bool = False) -> torch.nn.M
     return model
 
 
-def export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
+def export_graph(model: torch.nn.Module, example: torch.Tensor, path: Path, opset: int,
+                 conditioned: bool = False) -> None:
     """Write `model` to the ONNX file `path` with the TorchScript exporter, traced on `example`
-    ([1, 3, H, W]): input 'input' and output 'output', both with dynamic batch, height and width."""
+    ([1, 3, H, W]): input 'input' and output 'output', both with dynamic batch, height and width;
+    `conditioned` adds the inputs 'style' (int64 [N]) and 'strength' (float32 [N])."""
     axes = {0: "batch", 2: "height", 3: "width"}
+    args, names, dynamic = (example,), ["input"], {"input": axes, "output": axes}
+    if conditioned:
+        args += (torch.zeros(1, dtype=torch.int64), torch.ones(1))
+        names += ["style", "strength"]
+        dynamic |= {"style": {0: "batch"}, "strength": {0: "batch"}}
     # The TorchScript exporter: fast, and it keeps plain ONNX ops for every layer the students use.
     # Its warnings (instance norm exported with input statistics, which is what eval mode computes
     # too; constant folding of strided slices) are about choices that are right here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (example,), str(path), input_names=["input"], output_names=["output"],
-                          dynamic_axes={"input": axes, "output": axes}, opset_version=opset, dynamo=False,
-                          do_constant_folding=True)
+        torch.onnx.export(model, args, str(path), input_names=names, output_names=["output"],
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False, do_constant_folding=True)
 
 
 def stable_norms(model: onnx.ModelProto, count: int) -> onnx.ModelProto:
@@ -217,17 +231,28 @@ def _parity_inputs(cfg: ExportConfig, res: int, multiple: int) -> dict[str, np.n
     return inputs
 
 
-def run_both(onnx_bytes: bytes, model: torch.nn.Module, inputs: dict[str, np.ndarray]) -> dict[str, tuple]:
-    """{name: (ONNX Runtime's output on CPU, PyTorch's)} for each named input batch."""
+def parity_conditions(n: int, styles: int) -> tuple[np.ndarray, np.ndarray]:
+    """(style int64 [n], strength float32 [n]) that a conditioned parity check feeds: every style
+    in turn, strengths spread over [0, 1]."""
+    return np.arange(n, dtype=np.int64) % styles, np.linspace(0.0, 1.0, n, dtype=np.float32)[::-1].copy()
+
+
+def run_both(onnx_bytes: bytes, model: torch.nn.Module, inputs: dict[str, np.ndarray],
+             styles: int = 0) -> dict[str, tuple]:
+    """{name: (ONNX Runtime's output on CPU, PyTorch's)} for each named input batch; with `styles`,
+    the conditioned model also gets parity_conditions."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
     outputs = {}
     for name, x in inputs.items():
+        feeds = {"input": x}
+        if styles:
+            feeds["style"], feeds["strength"] = parity_conditions(len(x), styles)
         with torch.no_grad():
-            expected = model(torch.from_numpy(x)).numpy()
-        outputs[name] = session.run(["output"], {"input": x})[0], expected
+            expected = model(*(torch.from_numpy(v) for v in feeds.values())).numpy()
+        outputs[name] = session.run(["output"], feeds)[0], expected
     return outputs
 
 
@@ -243,13 +268,19 @@ def check_parity(outputs: dict[str, tuple], tolerance: float) -> dict[str, float
 
 
 def triton_config(name: str, info: ModelInfo, max_batch_size: int) -> str:
-    """config.pbtxt for Triton's ONNX Runtime backend: dynamic batching, GPU instances, dims [3, -1, -1]."""
+    """config.pbtxt for Triton's ONNX Runtime backend: dynamic batching, GPU instances, dims [3, -1, -1]
+    (and a conditioned model's style and strength, one value per image)."""
     tensor = '  {{ name: "{}" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }}'
+    inputs = [tensor.format(info.input_name)]
+    if info.styles:
+        inputs[0] += ","
+        inputs += ['  { name: "style" data_type: TYPE_INT64 dims: [ 1 ] reshape: { shape: [ ] } },',
+                   '  { name: "strength" data_type: TYPE_FP32 dims: [ 1 ] reshape: { shape: [ ] } }']
     return "\n".join([
         f'name: "{name}"',
         'platform: "onnxruntime_onnx"',
         f"max_batch_size: {max_batch_size}",
-        "input [", tensor.format(info.input_name), "]",
+        "input [", *inputs, "]",
         "output [", tensor.format(info.output_name), "]",
         "dynamic_batching {",
         f"  preferred_batch_size: [ {', '.join(str(b) for b in _batch_sizes(max_batch_size))} ]",
@@ -282,7 +313,7 @@ def _checked(graph: onnx.ModelProto) -> bytes:
 
 
 def parity_checked(graph: onnx.ModelProto, model: torch.nn.Module, inputs: dict[str, np.ndarray],
-                    tolerance: float) -> tuple[bytes, dict[str, float], int]:
+                    tolerance: float, styles: int = 0) -> tuple[bytes, dict[str, float], int]:
     """The graph as bytes, its parity per input, and how many norms had to be exported stable:
     none if parity holds, else the first two (the stem, where activations are still image-like),
     else all (stable_norms). Raises when even that is off by more than `tolerance`."""
@@ -290,12 +321,31 @@ def parity_checked(graph: onnx.ModelProto, model: torch.nn.Module, inputs: dict[
     for count in sorted({0, min(2, norms), norms}):
         data = _checked(stable_norms(graph, count))
         try:
-            return data, check_parity(run_both(data, model, inputs), tolerance), count
+            return data, check_parity(run_both(data, model, inputs, styles), tolerance), count
         except ExportError as e:
             if count == norms:
                 raise
             note(f"{e.reason}; exporting {'the first 2' if count == 0 else 'all'} instance norms in ONNX Runtime's "
                  "exact (slower) form")
+
+
+def _condition(cfg: ExportConfig, student: StudentInfo) -> tuple[int, float] | None:
+    """(style index, strength) to fold into the model, or None to export the style and strength inputs."""
+    if cfg.style is None and cfg.strength is None:
+        return None
+    if not student.styles:
+        raise UsageError("--style and --strength are for a conditioned student (trained on pairs with styles); "
+                         "this one has a single style", cfg.student, hint="leave them out")
+    if cfg.style is None:
+        raise UsageError("--strength is folded in with a style", cfg.student,
+                         hint=f"add --style NAME, one of {', '.join(student.styles)}")
+    if cfg.style not in student.styles:
+        raise UsageError(f"no style {cfg.style!r} in this student", cfg.student,
+                         hint=f"its styles: {', '.join(student.styles)}")
+    strength = student.default_strength if cfg.strength is None else cfg.strength
+    if not 0.0 <= strength <= 1.0:
+        raise UsageError(f"--strength must lie in [0, 1], got {strength}", hint="0 reconstructs the photo, 1 is the full style")
+    return student.styles.index(cfg.style), strength
 
 
 def export_student(cfg: ExportConfig) -> dict:
@@ -305,7 +355,13 @@ def export_student(cfg: ExportConfig) -> dict:
     if cfg.fp16 and cfg.int8:
         raise UsageError("--fp16 and --int8 exclude each other")
     model, student = load_student(cfg.student)
-    model = model.eval().float()
+    model, fold = model.eval().float(), _condition(cfg, student)
+    if fold is not None:
+        model = fold_condition(model, *fold)
+    styles = len(student.styles) if fold is None else 0       # the graph's own style inputs
+    if styles and cfg.int8:
+        raise UsageError("--int8 calibrates a one-input model: fold a style into it", cfg.student,
+                         hint=f"add --style {student.styles[0]} (and --strength S)")
     res, multiple = student.resolution, student.size_multiple
     precision = "fp16" if cfg.fp16 else "int8" if cfg.int8 else "fp32"
     calibration, held_out = quantize.split(quantize.calibration_images(cfg.calibration)) if cfg.int8 else ([], [])
@@ -313,12 +369,15 @@ def export_student(cfg: ExportConfig) -> dict:
         input_name="input", output_name="output", resolution=res, size_multiple=multiple, preset=student.preset,
         teacher_base_sha256=student.teacher_base_sha256, teacher_blended_sha256=student.teacher_blended_sha256,
         exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        toonify_fast_version=runtime.__version__, precision=precision)
+        toonify_fast_version=runtime.__version__, precision=precision,
+        styles=",".join(student.styles) if styles else "", default_strength=student.default_strength,
+        extra={"style": student.styles[fold[0]], "strength": str(fold[1])} if fold is not None else {})
 
     with tempfile.TemporaryDirectory() as tmp:
         graph_path = Path(tmp) / "student.onnx"
         # SubPixelUp does 16/9 the multiply-adds of a transposed conv: only worth it where it quantizes.
-        export_graph(export_form(model, quantizable=cfg.int8), torch.zeros(1, 3, res, res), graph_path, cfg.opset)
+        export_graph(export_form(model, quantizable=cfg.int8), torch.zeros(1, 3, res, res), graph_path, cfg.opset,
+                     conditioned=bool(styles))
         graph = onnx.load(str(graph_path))
     if cfg.fp16:
         graph = _to_fp16(graph)
@@ -339,7 +398,8 @@ def export_student(cfg: ExportConfig) -> dict:
             console.print(f"int8 {name}: PSNR {score:.1f} dB against float32 (limit {quantize.MIN_PSNR:.0f} dB)")
         quantize.check_quality(report["psnr"])
     else:
-        data, report["parity"], report["stable_norms"] = parity_checked(graph, model, inputs, TOLERANCE[precision])
+        data, report["parity"], report["stable_norms"] = parity_checked(graph, model, inputs, TOLERANCE[precision],
+                                                                        styles)
         for name, diff in report["parity"].items():
             console.print(f"parity {precision} {name}: max abs diff {diff:.2e} (limit {TOLERANCE[precision]:.0e})")
     report["bytes"] = len(data)

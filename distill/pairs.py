@@ -12,6 +12,18 @@ grouped convolutions make batches slower there, and a pair's pixels then cannot 
 batch. On CUDA a batch goes through together; kernels picked by batch shape may then move a
 few pixels by one level between batch sizes.
 
+Several styles and strengths (a conditioned student's training set):
+
+    toonify-fast distill pairs --base ffhq.pkl --style cartoon=cartoon.safetensors --style ukiyoe=ukiyoe.safetensors \
+        --strengths 0:1 --count 50000 -o pairs/
+
+Each --style is a blended model (`distill blend`) of the base. Pair i draws its style (uniform over
+the styles) and its strength (uniform in LO:HI, or the one value given) from its own generator
+seeded with a hash of (seed, i) (the "style" stream), so sharding and resuming keep them; its toon
+comes from the base and that blend interpolated per tensor at the strength (blend.at_strength:
+every layer's toon share times the strength; 0 gives the base's own image). The manifest records
+each pair's style, style_index and strength; pairs.json lists the styles in index order.
+
 Layout of OUT (and of OUT/val/ for the held-out indices count .. count+val_count-1):
     pairs.json           the set's settings and the teachers' sha256; a rerun must match it
     real/000123.png      base teacher      toon/000123.png   blended teacher
@@ -37,6 +49,7 @@ from typing import Callable, Iterable, Optional
 import numpy as np
 import torch
 
+from distill.blend import at_strength
 from distill.checkpoint import file_sha256, load_generator, read_metadata
 from distill.device import device_setting, resolve_device
 from distill.stylegan2 import LATENT_SPACE, Generator, architecture_difference
@@ -48,6 +61,7 @@ from runtime.options import setting
 # Settings a pair set is made with: a rerun into the same folder must repeat every one of them.
 SET_KEYS = ("base_sha256", "blended_sha256", "count", "val_count", "res", "psi", "seed", "noise", "format",
             "style_mixing", "save_latents", "fp16")
+STYLE_KEYS = ("styles", "strengths")     # in pairs.json only when the set has styles; checked like SET_KEYS
 _PARTIAL = re.compile(r"^\.(\d+)\.partial-")   # atomic_path's temporary names for 000123.*
 
 
@@ -63,9 +77,16 @@ def psi_setting():
 @dataclass(frozen=True)
 class PairsConfig:
     base: Path = setting(help="Base (FFHQ) checkpoint: the real images and the mapping network.")
-    blended: Path = setting(help="Blended checkpoint from `distill blend`: the toon images.")
     output: Path = setting(help="Folder of the pair set (made or completed).")
     count: int = setting(help="Number of training pairs (indices 0 .. count-1).")
+    blended: Path | None = setting(None, "Blended checkpoint from `distill blend`: the toon images (or give --style).")
+    styles: tuple[tuple[str, Path], ...] = setting(
+        (), "NAME=BLENDED: a style for a conditioned student, a blended checkpoint; repeat for more (instead of "
+            "--blended). Each pair draws one.", flags=("--style",), cli=Optional[list[str]], metavar="NAME=BLENDED",
+        parse=lambda texts: parse_styles(texts or ()))
+    strengths: tuple[float, float] | None = setting(
+        None, "With --style: each pair's strength, uniform in LO:HI (e.g. 0:1), or one value (default: 1).",
+        cli=Optional[str], metavar="LO:HI", parse=lambda text: None if text is None else parse_strengths(text))
     res: int | None = setting(None, "Side of the written images, Lanczos-resized (default: the teachers' resolution).")
     psi: float = psi_setting()
     seed: int = setting(0, "Seed of the set: pair i depends on (seed, i) only.")
@@ -91,7 +112,14 @@ class PairsConfig:
                   (self.batch_size >= 1, f"batch_size must be at least 1, got {self.batch_size}"),
                   (n >= 1 and 0 <= k < n, f"shard must be k/n with 0 <= k < n, got {k}/{n}"),
                   (0.0 <= self.style_mixing <= 1.0, f"style_mixing is a probability, got {self.style_mixing}"),
-                  (self.seed >= 0, f"seed must be >= 0, got {self.seed}")]
+                  (self.seed >= 0, f"seed must be >= 0, got {self.seed}"),
+                  ((self.blended is None) != (not self.styles),
+                   "give either --blended (one toon teacher) or --style NAME=BLENDED (one or more)"),
+                  (self.strengths is None or bool(self.styles), "--strengths needs --style"),
+                  (len({name for name, _ in self.styles}) == len(self.styles), "each --style needs its own name")]
+        if self.strengths is not None:
+            lo, hi = self.strengths
+            checks.append((0.0 <= lo <= hi <= 1.0, f"strengths must be LO:HI with 0 <= LO <= HI <= 1, got {lo}:{hi}"))
         for ok, reason in checks:
             if not ok:
                 raise PairsError(reason)
@@ -106,6 +134,21 @@ class SampleConfig:
                                      cli=str, shown=lambda s: format_seeds(s), parse=lambda t: tuple(parse_seeds(t)))
     psi: float = psi_setting()
     device: str = device_setting()
+    strengths: tuple[float, ...] | None = setting(
+        None, "A strength sweep: each network after the first (a blend of it) gives one row per strength, e.g. "
+              "0,0.5,1, interpolated per tensor with the first (the base); 0 shows the base's own image.",
+        cli=Optional[str], metavar="S,S,...", parse=lambda text: None if text is None else parse_strength_list(text))
+
+
+def parse_strength_list(text: str) -> tuple[float, ...]:
+    """'0,0.5,1' -> (0.0, 0.5, 1.0), each in [0, 1]."""
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise PairsError(f"cannot read strengths {text!r}", hint="give comma-separated values in [0, 1]: 0,0.5,1") from None
+    if not all(0.0 <= v <= 1.0 for v in values):
+        raise PairsError(f"strengths must lie in [0, 1], got {text!r}", hint="0 is the base, 1 the full blend")
+    return values
 
 
 @dataclass(frozen=True)
@@ -156,6 +199,35 @@ def parse_seeds(text: str) -> list[int]:
                              f"{MAX_SEEDS}", hint="each seed is one grid column: ask for fewer, e.g. 0-7")
         seeds += range(first, last + 1)
     return seeds
+
+
+def parse_styles(texts) -> tuple[tuple[str, Path], ...]:
+    """['cartoon=a.safetensors', ...] -> (('cartoon', Path('a.safetensors')), ...), in the order given."""
+    styles = []
+    for text in texts:
+        name, sep, path = text.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9_.-]+", name) or not path:
+            raise PairsError(f"cannot read --style {text!r}",
+                             hint="give NAME=BLENDED, NAME of letters, digits, '_', '-' or '.': --style cartoon=cartoon.safetensors")
+        styles.append((name, Path(path)))
+    return tuple(styles)
+
+
+def parse_strengths(text: str) -> tuple[float, float]:
+    """'0:1' -> (0.0, 1.0), a uniform range; '0.6' -> (0.6, 0.6), one strength."""
+    try:
+        lo, _, hi = text.partition(":")
+        return float(lo), float(hi if hi else lo)
+    except ValueError:
+        raise PairsError(f"cannot read strengths {text!r}", hint="give LO:HI such as 0:1, or one value such as 0.6") from None
+
+
+def pair_condition(seed: int, index: int, styles: int, strengths: tuple[float, float]) -> tuple[int, float]:
+    """(style index in [0, styles), strength in [lo, hi]) of pair `index`, from its own CPU generator."""
+    g = torch.Generator().manual_seed(pair_seed(seed, index, "style"))
+    style = int(torch.randint(styles, [], generator=g))
+    lo, hi = strengths
+    return style, lo + (hi - lo) * torch.rand([], dtype=torch.float64, generator=g).item()
 
 
 def format_seeds(seeds: tuple[int, ...] | list[int]) -> str:
@@ -238,6 +310,28 @@ def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device:
     return image_grid([list(nchw_to_hwc(synthesize(G, ws).cpu().numpy())) for G in networks])
 
 
+def interpolated(base: Generator, blended: Generator, strength: float) -> Generator:
+    """A new Generator between `base` and `blended` at `strength` (blend.at_strength), on base's device."""
+    G = Generator(**base.init_kwargs).to(next(base.parameters()).device)
+    G.load_state_dict(at_strength(base.state_dict(), blended.state_dict(), strength))
+    return G.eval().requires_grad_(False)
+
+
+class StyleTeachers:
+    """The toon teachers of a pair set with styles: style k at strength s is the base and blend k
+    interpolated per tensor (at_strength), loaded into one working generator when asked for."""
+
+    def __init__(self, base: Generator, blends: list[Generator]):
+        self.base, self.blends = base.state_dict(), [G.state_dict() for G in blends]
+        self.G, self.current = interpolated(base, base, 0.0), None
+
+    def at(self, style: int, strength: float) -> Generator:
+        if self.current != (style, strength):
+            self.G.load_state_dict(at_strength(self.base, self.blends[style], strength))
+            self.current = (style, strength)
+        return self.G
+
+
 def write_sample_grid(cfg: SampleConfig) -> Path:
     """Load each network, render the grid (see sample_grid) and write it as a PNG, atomically."""
     out = Path(cfg.output)
@@ -246,6 +340,10 @@ def write_sample_grid(cfg: SampleConfig) -> Path:
     dev = resolve_device(cfg.device)
     networks = [load_generator(p, device=dev) for p in cfg.networks]
     _check_same_latent_space(networks, [str(p) for p in cfg.networks])
+    if cfg.strengths is not None:
+        if len(networks) < 2:
+            raise UsageError("a strength sweep needs the base and at least one blend", hint="--network BASE --network BLENDED")
+        networks = [interpolated(networks[0], G, s) for G in networks[1:] for s in cfg.strengths]
     grid = sample_grid(networks, list(cfg.seeds), cfg.psi, dev)
     write_image(out, grid)
     console.print(f"{len(cfg.networks)} x {len(cfg.seeds)} grid ({grid.shape[1]}x{grid.shape[0]} px) -> {out}")
@@ -271,7 +369,15 @@ def _entry(split: Path, index: int, cfg: PairsConfig, settings: dict, num_ws: in
              "base_sha256": settings["base_sha256"], "blended_sha256": settings["blended_sha256"]}
     if cfg.style_mixing:
         entry["mix_cutoff"] = pair_latents(cfg.seed, index, z_dim, num_ws, cfg.style_mixing)[2]
+    if cfg.styles:
+        style, strength = pair_condition(cfg.seed, index, len(cfg.styles), _strengths(cfg))
+        entry.update(style=cfg.styles[style][0], style_index=style, strength=strength,
+                     blended_sha256=settings["styles"][style]["sha256"])
     return entry
+
+
+def _strengths(cfg: PairsConfig) -> tuple[float, float]:
+    return cfg.strengths or (1.0, 1.0)
 
 
 def _claim_folder(out: Path, settings: dict) -> None:
@@ -289,10 +395,10 @@ def _claim_folder(out: Path, settings: dict) -> None:
     if not isinstance(existing, dict):
         raise PairsError("damaged: not the JSON object `distill pairs` writes", meta,
                          hint="restore it, or write the set into a new folder")
-    for key in SET_KEYS:
-        if existing.get(key) != settings[key]:
+    for key in SET_KEYS + STYLE_KEYS:
+        if existing.get(key) != settings.get(key):
             raise PairsError(f"this pair set was made with {key} = {existing.get(key)!r}; this run asks for "
-                             f"{settings[key]!r}", path=meta,
+                             f"{settings.get(key)!r}", path=meta,
                              hint="use a new output folder, or the same teachers and settings to complete this set")
 
 
@@ -337,7 +443,7 @@ def read_manifest(folder: str | Path) -> list[dict]:
 
 
 @torch.inference_mode()
-def _render(base: Generator, blended: Generator, indices: list[int], cfg: PairsConfig,
+def _render(base: Generator, blended: Generator | StyleTeachers, indices: list[int], cfg: PairsConfig,
             device: torch.device) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
     """w+ [N, num_ws, w_dim] and the real and toon images [N, R, R, 3] uint8 of pairs `indices`."""
     latents = [pair_latents(cfg.seed, i, base.z_dim, base.num_ws, cfg.style_mixing) for i in indices]
@@ -347,8 +453,14 @@ def _render(base: Generator, blended: Generator, indices: list[int], cfg: PairsC
             ws[j, cutoff:] = map_latents(base, z2[None].to(device), cfg.psi)[0, cutoff:]
     noise_seeds = [pair_seed(cfg.seed, i, "noise") for i in indices]
     real = nchw_to_hwc(synthesize(base, ws, cfg.noise, noise_seeds, cfg.fp16).cpu().numpy())
-    toon = nchw_to_hwc(synthesize(blended, ws, cfg.noise, noise_seeds, cfg.fp16).cpu().numpy())
-    return ws, real, toon
+    if isinstance(blended, StyleTeachers):
+        # Each pair its own teacher: one at a time, in any batch.
+        conditions = [pair_condition(cfg.seed, i, len(cfg.styles), _strengths(cfg)) for i in indices]
+        toon = torch.cat([synthesize(blended.at(*c), ws[j:j + 1], cfg.noise, noise_seeds[j:j + 1], cfg.fp16)
+                          for j, c in enumerate(conditions)])
+    else:
+        toon = synthesize(blended, ws, cfg.noise, noise_seeds, cfg.fp16)
+    return ws, real, nchw_to_hwc(toon.cpu().numpy())
 
 
 def _batches(items: list, size: int) -> Iterable[list]:
@@ -361,23 +473,33 @@ def generate_pairs(cfg: PairsConfig) -> PairsSummary:
     device = resolve_device(cfg.device)
     if cfg.fp16 and device.type != "cuda":
         raise PairsError("--fp16 needs a CUDA device", hint="leave out --fp16 on CPU")
-    base, blended = load_generator(cfg.base, device=device), load_generator(cfg.blended, device=device)
-    _check_same_latent_space([base, blended], [str(cfg.base), str(cfg.blended)])
-    base_sd, blended_sd = base.state_dict(), blended.state_dict()
-    if cfg.noise == "const" and any(not torch.equal(v, blended_sd[k]) for k, v in base_sd.items()
-                                    if k.endswith(".noise_const")):
-        note("the blended model's noise constants differ from the base's (blended with --mapping toon?), so pairs "
-             "differ in fine detail; --noise random gives both the same noise")
-    settings = {"base_sha256": file_sha256(cfg.base), "blended_sha256": file_sha256(cfg.blended),
+    teacher_files = [cfg.blended] if cfg.blended is not None else [path for _, path in cfg.styles]
+    base, toons = load_generator(cfg.base, device=device), [load_generator(p, device=device) for p in teacher_files]
+    _check_same_latent_space([base, *toons], [str(cfg.base), *map(str, teacher_files)])
+    base_sd = base.state_dict()
+    for G, path in zip(toons, teacher_files):
+        toon_sd = G.state_dict()
+        if cfg.noise == "const" and any(not torch.equal(v, toon_sd[k]) for k, v in base_sd.items()
+                                        if k.endswith(".noise_const")):
+            note(f"the blended model{f' {Path(path).name}' if cfg.styles else ''}'s noise constants differ from the "
+                 "base's (blended with --mapping toon?), so pairs differ in fine detail; --noise random gives both "
+                 "the same noise")
+    settings = {"base_sha256": file_sha256(cfg.base),
+                "blended_sha256": file_sha256(cfg.blended) if cfg.blended is not None else "",
                 "count": cfg.count, "val_count": cfg.val_count, "res": cfg.res or base.img_resolution,
                 "psi": cfg.psi, "seed": cfg.seed, "noise": cfg.noise, "format": cfg.format,
                 "style_mixing": cfg.style_mixing, "save_latents": cfg.save_latents, "fp16": cfg.fp16,
-                "base": Path(cfg.base).name, "blended": Path(cfg.blended).name,
+                "base": Path(cfg.base).name, "blended": Path(cfg.blended).name if cfg.blended is not None else None,
                 "teacher_resolution": base.img_resolution, "num_ws": base.num_ws, "w_dim": base.w_dim}
-    blend = read_metadata(cfg.blended).get("blend") if Path(cfg.blended).suffix == ".safetensors" else None
-    if blend and blend["base"]["sha256"] != settings["base_sha256"]:
-        note(f"{Path(cfg.blended).name} was blended from {blend['base']['file']}, another file than "
-             f"{Path(cfg.base).name}: pairs are only aligned if both hold the same base weights")
+    if cfg.styles:
+        settings["styles"] = [{"name": name, "file": path.name, "sha256": file_sha256(path)} for name, path in cfg.styles]
+        settings["strengths"] = list(_strengths(cfg))
+    for path in teacher_files:
+        blend = read_metadata(path).get("blend") if Path(path).suffix == ".safetensors" else None
+        if blend and blend["base"]["sha256"] != settings["base_sha256"]:
+            note(f"{Path(path).name} was blended from {blend['base']['file']}, another file than "
+                 f"{Path(cfg.base).name}: pairs are only aligned if both hold the same base weights")
+    blended = toons[0] if cfg.blended is not None else StyleTeachers(base, toons)
     cfg.output.mkdir(parents=True, exist_ok=True)
     _claim_folder(cfg.output, settings)
 

@@ -58,6 +58,8 @@ class StudentInfo:
     ema: bool = False                  # the moving average of the weights (the one to export)
     teacher_base_sha256: str = ""      # the teachers the pairs came from (pairs.json)
     teacher_blended_sha256: str = ""
+    styles: tuple[str, ...] = ()       # a conditioned student's style names, in index order (config.styles of them)
+    default_strength: float = 1.0      # the strength apps use when none is asked for
 
     @property
     def size_multiple(self) -> int:
@@ -71,8 +73,10 @@ class StudentInfo:
 
     @classmethod
     def from_dict(cls, data: dict) -> StudentInfo:
-        names = {"preset", "resolution", "run", "step", "ema", "teacher_base_sha256", "teacher_blended_sha256"}
-        return cls(config=StudentConfig(**data["student_config"]), **{k: v for k, v in data.items() if k in names})
+        names = {"preset", "resolution", "run", "step", "ema", "teacher_base_sha256", "teacher_blended_sha256",
+                 "default_strength"}
+        return cls(config=StudentConfig(**data["student_config"]), styles=tuple(data.get("styles", ())),
+                   **{k: v for k, v in data.items() if k in names})
 
 
 def rng_state() -> dict:
@@ -248,9 +252,10 @@ class RunFolder:
         self.tb.flush()
 
     @torch.no_grad()
-    def samples(self, step: int, G: nn.Module, real: torch.Tensor, toon: torch.Tensor) -> None:
-        """samples/step-NNNNNN.png: rows input | student | teacher, one column per pair."""
-        grid = image_grid([list(nchw_to_hwc(x.float().cpu().numpy())) for x in (real, G(real), toon)])
+    def samples(self, step: int, G: nn.Module, real: torch.Tensor, toon: torch.Tensor, *condition: torch.Tensor) -> None:
+        """samples/step-NNNNNN.png: rows input | student | teacher, one column per pair (`condition`:
+        a conditioned student's style and strength per pair)."""
+        grid = image_grid([list(nchw_to_hwc(x.float().cpu().numpy())) for x in (real, G(real, *condition), toon)])
         write_image(self.path / "samples" / f"step-{step:06d}.png", grid)
 
     def save(self, state: dict, G: nn.Module, G_ema: nn.Module, info: StudentInfo) -> None:

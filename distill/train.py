@@ -319,7 +319,8 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
     try:
         dataset = PairedDataset(cfg.pairs, cfg.res, augment=cfg.augment, seed=cfg.seed)
         torch.manual_seed(cfg.seed)   # the same initial weights on every rank
-        G = build_generator(cfg.preset).to(device)
+        # A pair set with styles trains a conditioned student (conditional instance norm) on them.
+        G = build_generator(cfg.preset, **({"styles": len(dataset.styles)} if dataset.styles else {})).to(device)
         G_ema = copy.deepcopy(G).eval().requires_grad_(False)
         D = MultiscaleDiscriminator(ndf=cfg.ndf, num_D=cfg.num_d).to(device) if cfg.gan else None
         perceptual = PerceptualLoss(features).to(device) if features is not None else None
@@ -364,7 +365,7 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
             held_out = cfg.pairs / "val" if (cfg.pairs / "val" / "real").is_dir() else cfg.pairs
             shown = PairedDataset(held_out, cfg.res, augment=False)
             shown = [torch.stack(t).to(device) for t in zip(*(shown[i] for i in range(min(SAMPLES, len(shown)))))]
-            info = StudentInfo(PRESETS[cfg.preset], cfg.preset, cfg.res, run=run.path.name, **teachers)
+            info = StudentInfo(G.cfg, cfg.preset, cfg.res, run=run.path.name, styles=dataset.styles, **teachers)
             if state is None:
                 run.write_config({
                     "config": cfg.to_json(), "student": jsonable(info.config), "world_size": world,
@@ -400,14 +401,14 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
                     checkpoint(done)
                 where = f"; the state at step {done} is saved in {run.path}" if run is not None else ""
                 raise TrainError(batch.reason, batch.path, hint=(batch.hint or "replace or remove the file") + where)
-            real, toon = (t.to(device, non_blocking=True) for t in batch)
+            real, toon, *condition = (t.to(device, non_blocking=True) for t in batch)
             lr = learning_rate(cfg, step)
             for group in [*opt_G.param_groups, *(opt_D.param_groups if opt_D else [])]:
                 group["lr"] = lr
 
             # Generator: D (unwrapped and frozen) only passes gradients through to the student.
             with torch.autocast(device.type, enabled=amp):
-                fake = G_train(real)
+                fake = G_train(real, *condition)
                 loss_G, parts = _generator_objective(cfg, D, perceptual, real, fake, toon)
             opt_G.zero_grad(set_to_none=True)
             scaler.scale(loss_G).backward()

@@ -7,9 +7,11 @@ ONNX Runtime on a 2-core CPU (bench/student.py). Every layer exports to plain ON
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("instance", "batch", "none")
@@ -28,6 +30,7 @@ class StudentConfig:
     upsample: str = "transpose"   # 'transpose' (3x3 stride-2 transposed conv) | 'resize' (nearest x2, 3x3 conv)
     max_channels: int = 1024      # cap on the doubling (pix2pixHD's full model reaches exactly 1024)
     n_blocks_local: int = 3       # residual blocks of the local enhancer (arch 'local' only)
+    styles: int = 0               # >0: a conditioned student (conditional instance norm) for this many styles
 
     def __post_init__(self):
         for name, value, allowed in (("arch", self.arch, ("global", "local")), ("norm", self.norm, NORMS),
@@ -36,6 +39,14 @@ class StudentConfig:
                 raise ValueError(f"StudentConfig.{name} must be one of {allowed}, got {value!r}")
         if self.ngf < 1 or self.n_downsampling < 0 or self.n_blocks < 0 or self.n_blocks_local < 0:
             raise ValueError(f"StudentConfig needs ngf >= 1 and non-negative depths, got {self}")
+        if self.styles < 0 or (self.styles and self.norm != "instance"):
+            raise ValueError(f"a conditioned student (styles {self.styles}) needs norm 'instance', got {self.norm!r}")
+
+    @property
+    def layer_norm(self) -> str:
+        """The norm its layers are built with: 'conditional' (instance norm with a per-condition
+        scale and shift) for a conditioned student, else `norm`."""
+        return "conditional" if self.styles else self.norm
 
     @property
     def size_multiple(self) -> int:
@@ -62,7 +73,50 @@ PRESETS = {
 }
 
 
+class ConditionalInstanceNorm(nn.Module):
+    """Instance norm, then a per-channel scale and shift chosen by the condition (conditional
+    instance normalisation, Dumoulin et al. 2017). Student.forward sets `affine` ([N, 2C]: scale
+    minus 1, then shift) from its StyleCondition before the network runs; it holds no weights.
+
+    The batch is normalised as one [1, N*C, H, W] instance norm with an [N*C] scale and bias: the
+    same function as a norm followed by a multiply and an add, exported as ONNX's own
+    InstanceNormalization with computed scale and bias, which costs what a plain norm costs."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+        self.affine: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.affine is None:
+            raise RuntimeError("a conditioned student runs as student(x, style, strength)")
+        c = self.channels
+        scale, shift = 1 + self.affine[:, :c], self.affine[:, c:]
+        y = F.instance_norm(x.reshape(1, -1, x.shape[2], x.shape[3]), weight=scale.reshape(-1),
+                            bias=shift.reshape(-1), eps=1e-5)
+        return y.view_as(x)
+
+
+class StyleCondition(nn.Module):
+    """(style int64 [N], strength float32 [N]) -> [N, 2 * sum of the norms' channels]: every
+    conditional norm's scale (minus 1) and shift. The code is strength * embedding(style), so at
+    strength 0 every style gives one and the same condition (the photo's reconstruction); the last
+    layer starts at zero, so a new conditioned student starts as the plain one."""
+
+    def __init__(self, styles: int, channels: int, dim: int = 16, hidden: int = 64):
+        super().__init__()
+        self.embed = nn.Embedding(styles, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 2 * channels))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, style: torch.Tensor, strength: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.embed(style) * strength.reshape(-1, 1).to(self.embed.weight.dtype))
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "conditional":
+        return ConditionalInstanceNorm(channels)
     if kind == "instance":
         return nn.InstanceNorm2d(channels, affine=False)
     if kind == "batch":
@@ -123,12 +177,12 @@ class GlobalGenerator(nn.Module):
         super().__init__()
         ngf = cfg.ngf if ngf is None else ngf
         widths = [min(ngf * 2 ** i, cfg.max_channels) for i in range(cfg.n_downsampling + 1)]
-        self.head = nn.Sequential(*_conv(3, widths[0], cfg.norm, kernel=7))
+        self.head = nn.Sequential(*_conv(3, widths[0], cfg.layer_norm, kernel=7))
         self.down = nn.Sequential(*[layer for cin, cout in zip(widths, widths[1:])
-                                    for layer in _conv(cin, cout, cfg.norm, stride=2)])
-        self.blocks = nn.Sequential(*[ResidualBlock(widths[-1], cfg.norm, cfg.block) for _ in range(cfg.n_blocks)])
+                                    for layer in _conv(cin, cout, cfg.layer_norm, stride=2)])
+        self.blocks = nn.Sequential(*[ResidualBlock(widths[-1], cfg.layer_norm, cfg.block) for _ in range(cfg.n_blocks)])
         self.up = nn.Sequential(*[layer for cin, cout in zip(widths[::-1], widths[-2::-1])
-                                  for layer in _up(cin, cout, cfg.norm, cfg.upsample)])
+                                  for layer in _up(cin, cout, cfg.layer_norm, cfg.upsample)])
         self.to_rgb = nn.Sequential(*_to_rgb(widths[0]))
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -147,30 +201,74 @@ class LocalEnhancer(nn.Module):
         super().__init__()
         self.global_net = GlobalGenerator(cfg, ngf=cfg.ngf * 2)
         self.downsample = nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
-        self.local_down = nn.Sequential(*_conv(3, cfg.ngf, cfg.norm, kernel=7),
-                                        *_conv(cfg.ngf, cfg.ngf * 2, cfg.norm, stride=2))
-        blocks = [ResidualBlock(cfg.ngf * 2, cfg.norm, cfg.block) for _ in range(cfg.n_blocks_local)]
-        self.local_up = nn.Sequential(*blocks, *_up(cfg.ngf * 2, cfg.ngf, cfg.norm, cfg.upsample), *_to_rgb(cfg.ngf))
+        self.local_down = nn.Sequential(*_conv(3, cfg.ngf, cfg.layer_norm, kernel=7),
+                                        *_conv(cfg.ngf, cfg.ngf * 2, cfg.layer_norm, stride=2))
+        blocks = [ResidualBlock(cfg.ngf * 2, cfg.layer_norm, cfg.block) for _ in range(cfg.n_blocks_local)]
+        self.local_up = nn.Sequential(*blocks, *_up(cfg.ngf * 2, cfg.ngf, cfg.layer_norm, cfg.upsample), *_to_rgb(cfg.ngf))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.local_up(self.local_down(x) + self.global_net.features(self.downsample(x)))
 
 
 class Student(nn.Module):
-    """The generator with its config attached; checks the input size outside ONNX export."""
+    """The generator with its config attached; checks the input size outside ONNX export.
+
+    A conditioned student (cfg.styles > 0) also takes style (int64 [N], an index into its styles)
+    and strength (float32 [N] in [0, 1]); its `condition` sets every norm's scale and shift."""
 
     def __init__(self, cfg: StudentConfig):
         super().__init__()
         self.cfg = cfg
         self.net = GlobalGenerator(cfg) if cfg.arch == "global" else LocalEnhancer(cfg)
+        if cfg.styles:
+            self.condition = StyleCondition(cfg.styles, sum(m.channels for m in self.conditional_norms()))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def conditional_norms(self) -> list[ConditionalInstanceNorm]:
+        return [m for m in self.net.modules() if isinstance(m, ConditionalInstanceNorm)]
+
+    def forward(self, x: torch.Tensor, style: torch.Tensor | None = None,
+                strength: torch.Tensor | None = None) -> torch.Tensor:
         m = self.cfg.size_multiple
         # Traced shapes would freeze this check into the exported graph; the runtime checks sizes
         # itself (runtime.engine.Toonifier.check_size) before a run.
         if not torch.onnx.is_in_onnx_export() and (x.shape[-2] % m or x.shape[-1] % m):
             raise ValueError(f"input {tuple(x.shape)}: H and W must be multiples of {m} for this student")
+        if self.cfg.styles:
+            if style is None or strength is None:
+                raise ValueError("a conditioned student needs a style and a strength for every image")
+            affine, start = self.condition(style, strength), 0
+            for norm in self.conditional_norms():
+                norm.affine, start = affine[:, start:start + 2 * norm.channels], start + 2 * norm.channels
+            try:
+                return self.net(x)
+            finally:
+                for norm in self.conditional_norms():
+                    norm.affine = None      # holds no graph past the call (and the model stays deep-copyable)
         return self.net(x)
+
+
+def fold_condition(model: Student, style: int, strength: float) -> Student:
+    """A copy of a conditioned student fixed at one (style, strength): every conditional norm
+    becomes a plain affine instance norm holding that condition's scale and shift, the condition
+    network is dropped, and the copy takes x alone ([N, 3, H, W] in [-1, 1]) and computes what
+    model(x, style, strength) does, at the cost of the plain student."""
+    folded = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        affine = folded.condition(torch.tensor([style]), torch.tensor([float(strength)]))[0]
+    start = 0
+    for name, norm in list(folded.net.named_modules()):
+        if isinstance(norm, ConditionalInstanceNorm):
+            c = norm.channels
+            plain = nn.InstanceNorm2d(c, affine=True)
+            with torch.no_grad():
+                plain.weight.copy_(1 + affine[start:start + c])
+                plain.bias.copy_(affine[start + c:start + 2 * c])
+            start += 2 * c
+            parent, _, attr = name.rpartition(".")
+            setattr(folded.net.get_submodule(parent) if parent else folded.net, attr, plain)
+    del folded.condition
+    folded.cfg = replace(model.cfg, styles=0)
+    return folded.requires_grad_(False)
 
 
 def resolve_preset(preset: str | StudentConfig) -> StudentConfig:

@@ -2,6 +2,12 @@
 fallback, and batched HWC uint8 in, HWC uint8 out.
 
     toons = Toonifier("exports/toonify.onnx", provider="auto").run(face_crops)   # [N, R, R, 3] uint8 RGB
+    toons = Toonifier("styles.onnx").run(face_crops, style="ukiyoe", strength=0.6)   # a conditioned model
+
+A conditioned model (ModelInfo.styles not empty) has two more inputs, `style` (int64 [N], an index
+into the styles) and `strength` (float32 [N] in [0, 1]: 0 reconstructs the photo, 1 is the full
+style); a model with one style folded in (`distill export --style`) names it in its metadata's
+`style` and `strength`, and takes only those.
 
 Everything the runtime needs to know about a model travels in the ONNX file's `metadata_props`
 (ModelInfo); nothing here imports torch or distill.
@@ -44,6 +50,11 @@ def provider_setting():
                            "tensorrt, cuda or cpu.")
 
 
+def style_setting():
+    """The `style` setting of every converting command."""
+    return setting(None, "Style of a model with several (`toonify-fast info MODEL` lists them; default: its first).")
+
+
 def batch_setting():
     """The `batch_size` setting of every converting command."""
     return setting(None, "Face crops per model run, across images or frames (default: 1 on CPU, 8 on a GPU).", min=1)
@@ -76,12 +87,16 @@ class ModelInfo:
     exported_at: str = ""                  # ISO 8601
     toonify_fast_version: str = ""
     precision: str = "fp32"                # "fp32" | "fp16" | "int8"; inputs and outputs are float32 always
+    styles: str = ""                       # a conditioned model's style names, comma-separated, in index order
+    default_strength: float = 1.0          # its strength when none is asked for
     format: str = FORMAT
     extra: dict = field(default_factory=dict)   # any other metadata_props, kept as read
 
     def to_metadata(self) -> dict[str, str]:
         """The metadata_props to write into the ONNX file (all values strings)."""
         meta = {(FORMAT_KEY if k == "format" else k): str(v) for k, v in asdict(self).items() if k != "extra"}
+        if not self.styles:       # a one-input model's metadata stays what it always was
+            del meta["styles"], meta["default_strength"]
         clash = sorted(set(meta) & set(self.extra))
         if clash:
             raise ValueError(f"extra metadata would overwrite {clash}")
@@ -104,6 +119,7 @@ class ModelInfo:
         try:
             known["resolution"] = int(known["resolution"])
             known["size_multiple"] = int(known.get("size_multiple", cls.size_multiple))
+            known["default_strength"] = float(known.get("default_strength", cls.default_strength))
         except ValueError as e:
             raise ModelError(f"bad metadata: {e}", path, hint="re-export the model") from None
         if known["resolution"] <= 0 or known["size_multiple"] <= 0 or known["resolution"] % known["size_multiple"]:
@@ -116,7 +132,15 @@ class ModelInfo:
                 raise ModelError(f"unsupported {key} {getattr(info, key)!r} (this runtime feeds {value})", path)
         if info.alignment not in ("ffhq", "none"):
             raise ModelError(f"unknown alignment {info.alignment!r} (expected 'ffhq' or 'none')", path)
+        if not 0.0 <= info.default_strength <= 1.0:
+            raise ModelError(f"bad metadata: default_strength {info.default_strength} is not in [0, 1]", path,
+                             hint="re-export the model")
         return info
+
+    @property
+    def style_names(self) -> tuple[str, ...]:
+        """A conditioned model's styles, in index order; () for a one-input model."""
+        return tuple(self.styles.split(",")) if self.styles else ()
 
 
 def read_model_info(path: str | os.PathLike) -> ModelInfo:
@@ -310,6 +334,7 @@ class Toonifier:
             note(f"running on {LABELS[self.provider]}, not {LABELS[chain[0]]}: {self.fallback_reason}")
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self._check_io()
+        self._check_condition_inputs()
         self.device = "cpu" if self.provider == "cpu" else "cuda"
         self.batch_size = batch_size or (1 if self.device == "cpu" else 8)
         if self.device == "cuda":
@@ -340,18 +365,69 @@ class Toonifier:
                                  hint="the runtime feeds [N, 3, H, W] float32 images and expects the same shape "
                                       "back: re-export the model with `toonify-fast distill export`")
 
+    def _check_condition_inputs(self) -> None:
+        if self.info.style_names:
+            inputs = {i.name for i in self.session.get_inputs()}
+            missing = [name for name in ("style", "strength") if name not in inputs]
+            if missing:
+                raise ModelError(f"the metadata lists styles ({self.info.styles}) but the graph has no "
+                                 f"{' or '.join(repr(m) for m in missing)} input", self.path, hint="re-export the model")
+
+    @property
+    def styles(self) -> tuple[str, ...]:
+        """The styles `run` takes by name (a conditioned model's; () for a one-input model)."""
+        return self.info.style_names
+
+    def check_condition(self, style: str | int | None = None, strength=None) -> None:
+        """Raise UsageError unless run() can take this style and strength (see run), before any work."""
+        self._condition(style, strength, 1 if strength is None or np.ndim(strength) == 0 else len(strength))
+
+    def _condition(self, style, strength, n: int) -> dict[str, np.ndarray]:
+        """The extra inputs of a run of n images: style [n] int64 and strength [n] float32 (none for a
+        one-input model, which takes only the style and strength folded into it)."""
+        names = self.info.style_names
+        if not names:
+            built_in = self.info.extra.get("style"), self.info.extra.get("strength")
+            fits = (style is None or style == built_in[0]) and (strength is None or (
+                built_in[1] is not None and np.allclose(strength, float(built_in[1]), atol=1e-6)))
+            if not fits:
+                raise UsageError("this model has no style or strength input" + (
+                    f": it has {built_in[0]} at strength {built_in[1]} built in" if built_in[0] else ""), self.path,
+                    hint="leave out --style and --strength, or use a model exported with its style inputs")
+            return {}
+        if style is None:
+            index = 0
+        elif isinstance(style, (int, np.integer)) and not isinstance(style, bool):
+            index = int(style)
+            if not 0 <= index < len(names):
+                raise UsageError(f"style index {index} is out of range", self.path,
+                                 hint=f"this model's styles: {', '.join(names)}")
+        elif style in names:
+            index = names.index(style)
+        else:
+            raise UsageError(f"no style {style!r} in this model", self.path, hint=f"its styles: {', '.join(names)}")
+        values = np.asarray(self.info.default_strength if strength is None else strength, np.float32)
+        if values.ndim > 1 or (values.ndim == 1 and len(values) != n):
+            raise EngineError(f"strength must be one value or one per image ({n}), got shape {values.shape}")
+        if not np.all((values >= 0) & (values <= 1)):
+            raise UsageError(f"strength must lie in [0, 1], got {strength}",
+                             hint="0 reconstructs the photo, 1 is the full style")
+        return {"style": np.full(n, index, np.int64), "strength": np.broadcast_to(values, (n,)).copy()}
+
     def _warm_up(self) -> None:
         # A new input shape costs a cuDNN algorithm search (or a TensorRT engine build): pay it now
         # for the shapes run() serves, the full batch and the single face.
         r = self.resolution
         for n in sorted({1, self.batch_size}):
-            self._run_batch(np.zeros((n, 3, r, r), np.float32))
+            self._run_batch(np.zeros((n, 3, r, r), np.float32), self._condition(None, None, n))
 
-    def _run_batch(self, x: np.ndarray) -> np.ndarray:
+    def _run_batch(self, x: np.ndarray, condition: dict[str, np.ndarray] | None = None) -> np.ndarray:
         # IO binding: the input is copied to the device once and the output is allocated there,
         # instead of ORT's per-call staging copies (on CPU this is the same as session.run).
         binding = self.session.io_binding()
         binding.bind_cpu_input(self.info.input_name, x)
+        for name, value in (condition or {}).items():
+            binding.bind_cpu_input(name, value)
         binding.bind_output(self.info.output_name, self.device)
         try:
             self.session.run_with_iobinding(binding)
@@ -377,11 +453,14 @@ class Toonifier:
                               hint=f"crop or resize to multiples of {m} (the model was trained on "
                                    f"{self.resolution}x{self.resolution} face crops)")
 
-    def run(self, images) -> np.ndarray:
+    def run(self, images, style: str | int | None = None, strength=None) -> np.ndarray:
         """Toonify images: [N, H, W, 3] uint8 RGB (or a list of same-size [H, W, 3]) -> [N, H, W, 3] uint8 RGB.
 
         H and W must be multiples of `info.size_multiple`; FFHQ-aligned crops at `resolution` are
-        what the student was trained on. Runs in batches of `batch_size`.
+        what the student was trained on. Runs in batches of `batch_size`. A conditioned model takes
+        `style` (a name in `styles` or its index; default the first) and `strength` (in [0, 1], one
+        value or one per image; default the model's default_strength). A one-input model takes
+        neither (or exactly the style and strength folded into it): UsageError otherwise.
         """
         if isinstance(images, (list, tuple)):
             if not images:
@@ -393,6 +472,8 @@ class Toonifier:
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise EngineError(f"expected [N, H, W, 3] uint8 RGB images, got {images.shape} {images.dtype}")
         self.check_size(*images.shape[1:3])
-        out = [nchw_to_hwc(self._run_batch(hwc_to_nchw(images[i:i + self.batch_size])))
+        condition = self._condition(style, strength, len(images))
+        out = [nchw_to_hwc(self._run_batch(hwc_to_nchw(images[i:i + self.batch_size]),
+                                           {k: v[i:i + self.batch_size] for k, v in condition.items()}))
                for i in range(0, len(images), self.batch_size)]
         return np.concatenate(out) if out else np.zeros_like(images)

@@ -19,7 +19,7 @@ import numpy as np
 from rich.markup import escape
 
 from runtime.common import ToonifyError, UsageError, console, note, progress, written_in_place
-from runtime.engine import Toonifier, batch_setting, find_model, model_setting, provider_setting
+from runtime.engine import Toonifier, batch_setting, find_model, model_setting, provider_setting, style_setting
 from runtime.faces import Face, FaceAligner, align, paste_back
 from runtime.images import IMAGE_SUFFIXES, MAX_PIXELS, image_format, list_images, read_image, resize, write_image
 from runtime.options import setting
@@ -43,6 +43,9 @@ class ConvertConfig:
     crop: bool = setting(False, "Write the aligned toon faces (IMAGE_toon_0.png, _1, ...) instead of the whole photo.")
     align: bool = setting(True, "Find and align the faces (--no-align: each image is already an aligned face: "
                                 "resize it to the model resolution, convert, resize back).")
+    style: str | None = style_setting()
+    strength: float | None = setting(None, "How strong the style is: 0 reconstructs the photo, 1 is the full style "
+                                           "(default: the model's).", min=0.0, max=1.0)
     max_pixels: int = setting(MAX_PIXELS, "Refuse images with more megapixels than this (decompression bombs).",
                               flags=("--max-megapixels",), cli=float, min=0.001, shown=lambda v: v / 1e6,
                               parse=lambda v: int(v * 1e6))
@@ -164,10 +167,12 @@ def compose(rgb: np.ndarray, faces: list[Face] | None, toons: list[np.ndarray]) 
 
 
 def toonify_photo(toonifier: Toonifier, aligner: FaceAligner | None, rgb: np.ndarray,
-                  max_faces: int | None = None) -> tuple[np.ndarray, list[Face] | None]:
-    """Toonify every face of an [H, W, 3] uint8 RGB photo -> (new photo, the faces found)."""
+                  max_faces: int | None = None, style: str | None = None,
+                  strength: float | None = None) -> tuple[np.ndarray, list[Face] | None]:
+    """Toonify every face of an [H, W, 3] uint8 RGB photo -> (new photo, the faces found);
+    style and strength as Toonifier.run takes them."""
     faces, crops = face_crops(aligner, rgb, toonifier.resolution, max_faces)
-    return compose(rgb, faces, list(toonifier.run(crops))), faces
+    return compose(rgb, faces, list(toonifier.run(crops, style=style, strength=strength))), faces
 
 
 @dataclass
@@ -207,7 +212,8 @@ class _Converter:
         if not jobs:
             return
         try:
-            toons = iter(self.toonifier.run([c for j in jobs for c in j.crops]))
+            toons = iter(self.toonifier.run([c for j in jobs for c in j.crops], style=self.cfg.style,
+                                            strength=self.cfg.strength))
         except ToonifyError as e:
             for job in jobs:
                 self.fail(ToonifyError(e.reason, job.source, e.hint))
@@ -255,6 +261,7 @@ def convert_photos(cfg: ConvertConfig) -> ConvertSummary:
         raise UsageError("--crop writes a file per face (NAME_0.png, NAME_1.png, ...) beside -o; a device or pipe "
                          "is one file", cfg.output, hint="give -o a folder")
     toonifier = Toonifier(find_model(cfg.model), cfg.provider, batch_size=cfg.batch_size)
+    toonifier.check_condition(cfg.style, cfg.strength)
     summary = ConvertSummary()
     converter = _Converter(cfg, toonifier, summary, {p.resolve() for p in inputs})
     bar = progress("images", transient=True) if len(inputs) >= PROGRESS_FROM else None

@@ -26,14 +26,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from rich.markup import escape
 
 from runtime.common import (UsageError, atomic_path, check_writable, console, output_suffix, printable, progress,
                             write_json_atomic, written_in_place)
-from runtime.engine import Toonifier, batch_setting, find_model, model_setting, physical_cores, provider_setting
+from runtime.engine import (Toonifier, batch_setting, find_model, model_setting, physical_cores, provider_setting,
+                            style_setting)
 from runtime.faces import FaceAligner, align, paste_back
 from runtime.motion import CropSlip
 from runtime.tracking import (CropMotion, CropOffset, FaceTracker, GaussianWindow, OneEuroSmoother, params_quad,
@@ -65,6 +66,11 @@ class VideoConfig:
     guided: bool = setting(True, "Let the smoothing follow the face's motion measured from its pixels, so only "
                                  "landmark wobble is averaged away (--no-guide: average the landmarks alone, which "
                                  "lags a moving face).", flags=("--guide/--no-guide",))
+    style: str | None = style_setting()
+    strength: tuple[float, float] | None = setting(
+        None, "How strong the style is, 0 (the face's reconstruction) to 1 (the full style); LO:HI ramps it linearly "
+              "from the first frame to the last, e.g. 0:1 (default: the model's).",
+        cli=Optional[str], metavar="S|LO:HI", parse=lambda text: None if text is None else parse_strength_ramp(text))
     codec: str = setting("libx264", "Video encoder (FFmpeg name).")
     crf: int = setting(18, "Constant rate factor for x264/x265/VPx/AV1: lower is better and bigger.", min=0, max=63)
     # Guided, a wider window costs no lag (the motion is followed, only the landmarks' residual is
@@ -78,6 +84,31 @@ class VideoConfig:
 
 
 _END = object()
+
+
+def parse_strength_ramp(text: str) -> tuple[float, float]:
+    """'0.6' -> (0.6, 0.6), one strength for the clip; '0:1' -> (0.0, 1.0), a ramp over it; each in [0, 1]."""
+    try:
+        lo, _, hi = text.partition(":")
+        ramp = float(lo), float(hi if hi else lo)
+    except ValueError:
+        ramp = None
+    if ramp is None or not all(0.0 <= v <= 1.0 for v in ramp):
+        raise UsageError(f"cannot read --strength {text!r}", hint="give a value in [0, 1] such as 0.6, or a ramp LO:HI such as 0:1")
+    return ramp
+
+
+def strength_ramp(strength: tuple[float, float] | None, frames: int | None) -> Callable[[int], float | None]:
+    """Frame index -> its strength: lo at frame 0 to hi at frame frames - 1, linearly (None: the model's default)."""
+    if strength is None:
+        return lambda index: None
+    lo, hi = strength
+    if lo == hi:
+        return lambda index: lo
+    if not frames:
+        raise UsageError("a strength ramp needs the clip's frame count, which this source does not tell",
+                         hint="give --max-frames, or one strength")
+    return lambda index: lo + (hi - lo) * min(1.0, index / max(1, frames - 1))
 
 
 class _Stopped(Exception):
@@ -227,9 +258,11 @@ class FrameStats:
 
 
 def run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats: FrameStats, crop: bool,
-                advance) -> dict[str, float]:
+               advance, style: str | None = None,
+               strength_at: Callable[[int], float | None] = lambda index: None) -> dict[str, float]:
     """decode + track + align -> batched inference -> paste back + encode: one thread each, and
-    `workers` inference runs at a time. Returns the seconds each kind of work was busy."""
+    `workers` inference runs at a time; every crop of frame i at strength_at(i) (strength_ramp).
+    Returns the seconds each kind of work was busy."""
     stages, aligned, done = _Stages(), queue.Queue(QUEUE_FRAMES), queue.Queue(QUEUE_FRAMES)
     size = toonifier.resolution
 
@@ -257,9 +290,11 @@ def run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats:
                 sink.write(frame, out, None if crop else frame.alpha)
             advance()
 
-    def run(batch):
+    def run(batch, strengths):
         with stages.timed("inference"):
-            return toonifier.run(batch)
+            if style is None and None in strengths:      # a one-input model, or the model's own defaults
+                return toonifier.run(batch)
+            return toonifier.run(batch, style=style, strength=None if None in strengths else strengths)
 
     def infer(pool):
         pending, crops = [], 0
@@ -270,7 +305,8 @@ def run_stages(items: Iterator, toonifier: Toonifier, workers: int, sink, stats:
                 crops += len(item[2])
             # The output keeps the order: a frame without faces waits only for a batch begun before it.
             if pending and (item is _END or not crops or crops >= toonifier.batch_size or len(pending) >= QUEUE_FRAMES):
-                toons, first = pool.submit(run, [c for _, _, cs in pending for c in cs]) if crops else None, 0
+                strengths = [strength_at(frame.index) for frame, _, cs in pending for _ in cs]
+                toons, first = pool.submit(run, [c for _, _, cs in pending for c in cs], strengths) if crops else None, 0
                 for frame, quads, cs in pending:
                     stages.put(done, (frame, quads, cs, toons, first))
                     first += len(cs)
@@ -360,6 +396,8 @@ def convert_video(cfg: VideoConfig) -> dict:
     cfg = replace(cfg, model=find_model(cfg.model), output=cfg.output or default_output(cfg.input))
     source = _open_source(cfg)
     toonifier, workers = _engine(cfg)
+    strength_at = strength_ramp(cfg.strength, source.frames_hint)
+    toonifier.check_condition(cfg.style, None if cfg.strength is None else list(cfg.strength))
     if toonifier.info.alignment != "ffhq":
         raise UsageError(f"this model converts whole images (alignment {toonifier.info.alignment!r}); video "
                          "conversion follows faces and needs an FFHQ-aligned face model", cfg.model)
@@ -374,7 +412,7 @@ def convert_video(cfg: VideoConfig) -> dict:
     ):
         task = bar.add_task("toonifying", total=source.frames_hint)
         busy = run_stages(smoothed_quads(source, cfg, tracker, motion), toonifier, workers, sink, stats, cfg.crop,
-                           lambda: bar.advance(task))
+                          lambda: bar.advance(task), cfg.style, strength_at)
         if not stats.faces:
             trimmed = cfg.start is not None or cfg.end is not None
             raise VideoError("no frames to convert" + (" between --start and --end" if trimmed else ""), cfg.input,

@@ -310,3 +310,50 @@ def make_toon_folder(root: Path, count: int = 48, seed: int = 1000) -> Path:
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
+
+
+def build_conditioned_model(path: Path, styles: tuple[str, ...] = ("cartoon", "ukiyoe"), default_strength: float = 1.0,
+                            resolution: int = 32) -> Path:
+    """A one-node-deep conditioned student: output = input * (1 - 2 * strength) + 0.5 * style, so
+    strength 0 of style 0 is the identity, strength 1 the inverse, and style 1 adds 0.5 (inputs
+    `input`, `style` int64 [N], `strength` float32 [N], metadata listing `styles`)."""
+    image = helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    style = helper.make_tensor_value_info("style", TensorProto.INT64, ["N"])
+    strength = helper.make_tensor_value_info("strength", TensorProto.FLOAT, ["N"])
+    toon = helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3, "H", "W"])
+    initializers = [numpy_helper.from_array(np.array([-1, 1, 1, 1], np.int64), "per_image"),
+                    numpy_helper.from_array(np.array(1.0, np.float32), "one"),
+                    numpy_helper.from_array(np.array(-2.0, np.float32), "minus_two"),
+                    numpy_helper.from_array(np.array(0.5, np.float32), "half")]
+    nodes = [helper.make_node("Mul", ["strength", "minus_two"], ["s2"]),
+             helper.make_node("Add", ["s2", "one"], ["gain"]),
+             helper.make_node("Reshape", ["gain", "per_image"], ["gain4"]),
+             helper.make_node("Cast", ["style"], ["style_f"], to=TensorProto.FLOAT),
+             helper.make_node("Mul", ["style_f", "half"], ["shift"]),
+             helper.make_node("Reshape", ["shift", "per_image"], ["shift4"]),
+             helper.make_node("Mul", ["input", "gain4"], ["scaled"]),
+             helper.make_node("Add", ["scaled", "shift4"], ["output"])]
+    graph = helper.make_graph(nodes, "tiny_conditioned", [image, style, strength], [toon], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    helper.set_model_props(model, ModelInfo(input_name="input", output_name="output", resolution=resolution,
+                                            preset="test-conditioned", styles=",".join(styles),
+                                            default_strength=default_strength).to_metadata())
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return path
+
+
+def make_recoloured_toon(path, mix=((0.2, 0.9, 0.0), (0.0, 0.3, 0.8), (0.9, 0.0, 0.3))):
+    """A stand-in toon fine-tune that a tiny student learns in a few hundred steps: the fixture
+    generator with every ToRGB layer's colours mixed by the 3x3 `mix`, saved to `path`.
+    Blended by resolution, the mix recolours the image's coarse or fine part. Returns the toon."""
+    import torch
+
+    from distill.checkpoint import load_generator, save_generator
+    toon = load_generator(BASE)
+    with torch.no_grad():
+        for key, p in toon.state_dict().items():
+            if key.endswith(("torgb.weight", "torgb.bias")):
+                p.copy_(torch.einsum("oi,i...->o...", torch.tensor(mix), p))
+    save_generator(toon, path)
+    return toon
