@@ -9,7 +9,6 @@ nothing below imports it.
 """
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,8 +23,8 @@ from distill.finetune import RESUMABLE as FINETUNE_RESUMABLE
 from distill.finetune import FinetuneConfig
 from distill.pairs import PairsConfig, SampleConfig
 from distill.project import CompareConfig, ProjectConfig
+from distill.runs import resumed_config
 from distill.train import RESUMABLE, TrainConfig
-from runtime.common import UsageError
 from runtime.options import command, given
 
 app = typer.Typer(help="Build a toonify-fast model from StyleGAN2 teachers: blend, sample, pairs, "
@@ -99,16 +98,9 @@ def train(cfg: TrainConfig, ctx: typer.Context,
           stop_at: Annotated[Optional[int], typer.Option(
               help="End this session after this step with a checkpoint (continue later with --resume).")] = None) -> None:
     """Train the pix2pixHD student on pairs (under torchrun: DDP, one process per GPU or CPU share)."""
-    from distill.train import load_run_config
     from distill.train import train as run_training
     if resume is not None:
-        chosen = given(ctx)
-        refused = sorted(chosen - RESUMABLE - {"resume", "stop_at"})
-        if refused:
-            raise UsageError(f"--resume continues a run with its own settings; leave out "
-                             f"{', '.join('--' + name.replace('_', '-') for name in refused)}", resume,
-                             hint="start a new run to change them")
-        cfg = replace(load_run_config(resume), **{name: getattr(cfg, name) for name in chosen & RESUMABLE})
+        cfg = resumed_config(cfg, resume, given(ctx) - {"resume", "stop_at"}, RESUMABLE)
     result = run_training(cfg, resume=resume, stop_at=stop_at)
     if result.run_dir is not None:
         typer.echo(result.run_dir)
@@ -122,15 +114,8 @@ def finetune(cfg: FinetuneConfig, ctx: typer.Context,
                  help="End this session after this step with a checkpoint (continue later with --resume).")] = None) -> None:
     """Fine-tune a StyleGAN2 on aligned faces (NVlabs' StyleGAN2-ADA recipe): the toon model for `distill blend --toon`."""
     from distill.finetune import finetune as run_finetune
-    from distill.finetune import load_run_config
     if resume is not None:
-        chosen = given(ctx)
-        refused = sorted(chosen - FINETUNE_RESUMABLE - {"resume", "stop_at"})
-        if refused:
-            raise UsageError(f"--resume continues a run with its own settings; leave out "
-                             f"{', '.join('--' + name.replace('_', '-') for name in refused)}", resume,
-                             hint="start a new run to change them")
-        cfg = replace(load_run_config(resume), **{name: getattr(cfg, name) for name in chosen & FINETUNE_RESUMABLE})
+        cfg = resumed_config(cfg, resume, given(ctx) - {"resume", "stop_at"}, FINETUNE_RESUMABLE)
     result = run_finetune(cfg, resume=resume, stop_at=stop_at)
     if result.run_dir is not None:
         typer.echo(result.run_dir / "finetuned.safetensors")

@@ -27,7 +27,7 @@ import copy
 import math
 import os
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +41,7 @@ from distill.checkpoint import file_sha256, load_generator, save_generator
 from distill.device import resolve_device
 from distill.discriminator import Discriminator, load_discriminator, r1_penalty
 from distill.pairs import pair_seed, sample_grid
-from distill.runs import RunFolder, read_run_config, rng_state, set_rng_state
+from distill.runs import RunFolder, check_resumable, rng_state, run_config, set_rng_state
 from distill.stylegan2 import Generator
 from distill.swd import sliced_wasserstein
 from distill.train import StepBatches, StopRequest
@@ -106,13 +106,6 @@ class FinetuneConfig:
 
     def to_json(self) -> dict:
         return jsonable(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> FinetuneConfig:
-        data = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for key in ("base", "images", "output"):
-            data[key] = None if data.get(key) is None else Path(data[key])
-        return cls(**{**data, "betas": tuple(data["betas"])})
 
 
 RESUMABLE = resumable_fields(FinetuneConfig)
@@ -228,19 +221,7 @@ def _adam(params: list[nn.Parameter], lr: float, betas: tuple[float, float], int
 
 def load_run_config(run_dir: str | os.PathLike) -> FinetuneConfig:
     """The FinetuneConfig a run folder was started with (its config.json)."""
-    return FinetuneConfig.from_json(read_run_config(run_dir)["config"])
-
-
-def _check_resumable(cfg: FinetuneConfig, run_dir: Path) -> None:
-    saved = load_run_config(run_dir)
-    changed = [f.name for f in fields(cfg)
-               if f.name not in RESUMABLE | {"output"} and getattr(cfg, f.name) != getattr(saved, f.name)]
-    if changed:
-        raise FinetuneError(f"the run was started with other settings: {', '.join(changed)}", run_dir,
-                            hint="resume with the run's own settings (the CLI reads them from config.json)")
-    if not (run_dir / "checkpoints" / "latest.pt").is_file():
-        raise FinetuneError("no checkpoints/latest.pt to resume from", run_dir,
-                            hint="the run stopped before its first checkpoint: start it again")
+    return run_config(FinetuneConfig, run_dir)
 
 
 @torch.no_grad()
@@ -262,7 +243,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
     Interrupted (exit code 130) after a stop by signal, the state saved.
     """
     if resume is not None:
-        _check_resumable(cfg, Path(resume))
+        check_resumable(cfg, resume, RESUMABLE)
     if cfg.base is None or cfg.images is None:
         raise UsageError("--base and --images are needed to start a run", hint="or continue one with --resume RUN")
     world = int(os.environ.get("WORLD_SIZE", 1))

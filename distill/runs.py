@@ -17,7 +17,7 @@ import random
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Iterator
 
@@ -27,8 +27,8 @@ from torch import nn
 
 from distill.weights import state_dict_difference
 from distill.translator import StudentConfig, build_generator
-from runtime.common import (ToonifyError, atomic_path, console, partial_prefix, read_json, remove_stale_partials,
-                            write_bytes_atomic, write_error, write_json_atomic)
+from runtime.common import (ToonifyError, UsageError, atomic_path, console, from_jsonable, partial_prefix, read_json,
+                            remove_stale_partials, write_bytes_atomic, write_error, write_json_atomic)
 from runtime.images import image_grid, nchw_to_hwc, write_image
 
 STUDENT_FORMAT = "toonify-fast-student"
@@ -98,7 +98,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def read_run_config(run_dir: str | os.PathLike) -> dict:
-    """A run folder's config.json: {"config": TrainConfig.to_json(), "student", "world_size", ...}."""
+    """A run folder's config.json: {"config": the run's config as jsonable(), "world_size", ...}."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise RunFolderError("no config.json: not a training run folder", run_dir,
@@ -148,6 +148,46 @@ def private_temp_folder() -> Iterator[Path]:
             os.environ["TMPDIR"] = saved[0]
         tempfile.tempdir = saved[1]
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_config(cls, run_dir: str | os.PathLike, legacy: dict[str, str] | None = None):
+    """The config (a `cls`: TrainConfig, FinetuneConfig) a run folder was started with; `legacy`
+    maps old field names of earlier versions' config.json to today's."""
+    data = read_run_config(run_dir)["config"]
+    data = {**{new: data[old] for old, new in (legacy or {}).items() if old in data}, **data}
+    try:
+        return from_jsonable(cls, data)
+    except (KeyError, TypeError, ValueError) as e:     # settings that are not a `cls`'s
+        kind = cls.__name__.removesuffix("Config").lower()
+        raise RunFolderError(f"damaged: its settings are not a {kind} run's ({type(e).__name__}: {e})",
+                             Path(run_dir) / "config.json", hint="restore config.json, or start a new run") from None
+
+
+def check_resumable(cfg, run_dir: str | os.PathLike, resumable: frozenset[str]) -> None:
+    """Refuse (RunFolderError) to resume `run_dir` with settings other than its own, but for the
+    `resumable` ones, or a run that stopped before its first checkpoint."""
+    run_dir = Path(run_dir)
+    saved = run_config(type(cfg), run_dir)
+    # A resumed run stays in its own folder, wherever new runs would be made.
+    changed = [f.name for f in fields(cfg)
+               if f.name not in resumable | {"output"} and getattr(cfg, f.name) != getattr(saved, f.name)]
+    if changed:
+        raise RunFolderError(f"the run was started with other settings: {', '.join(changed)}", run_dir,
+                             hint="resume with the run's own settings (the CLI reads them from config.json)")
+    if not (run_dir / "checkpoints" / "latest.pt").is_file():
+        raise RunFolderError("no checkpoints/latest.pt to resume from", run_dir,
+                             hint="the run stopped before its first checkpoint: start it again")
+
+
+def resumed_config(cfg, run_dir: str | os.PathLike, given: set[str], resumable: frozenset[str]):
+    """For `--resume RUN`: the run's own config, with the resumable settings given on the command
+    line; any other setting given is a UsageError (a new run is the way to change it)."""
+    refused = sorted(given - resumable)
+    if refused:
+        raise UsageError(f"--resume continues a run with its own settings; leave out "
+                         f"{', '.join('--' + name.replace('_', '-') for name in refused)}", run_dir,
+                         hint="start a new run to change them")
+    return replace(run_config(type(cfg), run_dir), **{name: getattr(cfg, name) for name in given & resumable})
 
 
 def save_student(G: nn.Module, path: Path, info: StudentInfo) -> None:

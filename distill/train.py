@@ -19,7 +19,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +32,11 @@ from torch.nn.parallel import DistributedDataParallel
 from distill.data import PairedDataset, PairFolderError
 from distill.device import device_setting, resolve_device
 from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
-from distill.runs import (RunFolder, StudentInfo, load_training_state, private_temp_folder, read_run_config,
-                          rng_state, set_rng_state)
+from distill.runs import (RunFolder, StudentInfo, check_resumable, load_training_state, private_temp_folder,
+                          rng_state, run_config, set_rng_state)
 from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator
-from runtime.common import Interrupted, ToonifyError, UsageError, check_writable, console, jsonable, progress, read_json
+from runtime.common import (Interrupted, ToonifyError, UsageError, check_writable, console, from_jsonable, jsonable,
+                            progress, read_json)
 from runtime.options import resumable_fields, setting
 
 SAMPLES = 8   # held-out pairs shown in every sample grid
@@ -103,12 +104,7 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> TrainConfig:
-        if "out" in data:                       # run folders written before the field was named output
-            data = {**data, "output": data["out"]}
-        data = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        for key in ("pairs", "output", "vgg_weights"):
-            data[key] = None if data.get(key) is None else Path(data[key])
-        return cls(**{**data, "betas": tuple(data["betas"])})
+        return from_jsonable(cls, data)
 
 
 RESUMABLE = resumable_fields(TrainConfig)
@@ -252,12 +248,8 @@ class StopRequest:
 
 
 def load_run_config(run_dir: str | os.PathLike) -> TrainConfig:
-    """The TrainConfig a run folder was started with (its config.json)."""
-    try:
-        return TrainConfig.from_json(read_run_config(run_dir)["config"])
-    except (KeyError, TypeError, ValueError) as e:     # settings that are not a TrainConfig's
-        raise TrainError(f"damaged: its settings are not a training run's ({type(e).__name__}: {e})",
-                         Path(run_dir) / "config.json", hint="restore config.json, or start a new run") from None
+    """The TrainConfig a run folder was started with (its config.json; `out` in earlier versions' is `output`)."""
+    return run_config(TrainConfig, run_dir, legacy={"out": "output"})
 
 
 def _teachers(pairs: Path) -> dict:
@@ -270,19 +262,6 @@ def _teachers(pairs: Path) -> dict:
                               hint="write the set again with `distill pairs`, or remove pairs.json")
     return {"teacher_base_sha256": meta.get("base_sha256", ""),
             "teacher_blended_sha256": meta.get("blended_sha256", "")}
-
-
-def _check_resumable(cfg: TrainConfig, run_dir: Path) -> None:
-    saved = load_run_config(run_dir)
-    # A resumed run stays in its own folder, wherever new runs would be made.
-    changed = [f.name for f in fields(cfg)
-               if f.name not in RESUMABLE | {"output"} and getattr(cfg, f.name) != getattr(saved, f.name)]
-    if changed:
-        raise TrainError(f"the run was started with other settings: {', '.join(changed)}", run_dir,
-                         hint="resume with the run's own settings (the CLI reads them from config.json)")
-    if not (run_dir / "checkpoints" / "latest.pt").is_file():
-        raise TrainError("no checkpoints/latest.pt to resume from", run_dir,
-                         hint="the run stopped before its first checkpoint: start it again")
 
 
 def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: int | None = None) -> TrainResult:
@@ -304,7 +283,7 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
     features = vgg_features("vgg19", cfg.vgg_weights) if cfg.vgg else None
     teachers = _teachers(cfg.pairs)        # before any work: a damaged pairs.json stops the run here
     if resume is not None:
-        _check_resumable(cfg, Path(resume))
+        check_resumable(cfg, resume, RESUMABLE)
     else:
         check_writable(Path(cfg.output) / "00000-run")
     world = int(os.environ.get("WORLD_SIZE", 1))

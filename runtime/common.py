@@ -123,6 +123,24 @@ def note(text: str, kind: str = "note") -> None:
     console.print(f"[{colour}]{kind}:[/{colour}] {escape(text)}", soft_wrap=True)
 
 
+def from_jsonable(cls, data: dict):
+    """A flat config dataclass back from its jsonable() form: keys it has no field for are dropped,
+    paths and tuples restored from the fields' types (an error here is a damaged file's)."""
+    import typing
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        value, kinds = data[f.name], {hints[f.name], *typing.get_args(hints[f.name])}
+        if value is not None and Path in kinds:
+            value = Path(value)
+        elif value is not None and any(k is tuple or typing.get_origin(k) is tuple for k in kinds):
+            value = tuple(value)
+        values[f.name] = value
+    return cls(**values)
+
+
 def jsonable(value):
     """Configs and results as JSON values: dataclasses as dicts, paths as strings, tuples as lists."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):

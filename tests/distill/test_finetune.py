@@ -16,6 +16,7 @@ from distill.checkpoint import load_generator
 from distill.cli import app
 from distill.discriminator import load_discriminator
 from distill.finetune import FinetuneConfig, FinetuneError, finetune
+from distill.runs import RunFolderError
 from distill.stylegan2 import architecture_difference
 from runtime.common import UsageError
 from tests.helpers import BASE, make_toon_folder
@@ -105,7 +106,7 @@ def test_resume_ends_bit_for_bit_as_a_straight_run(toons, straight, tmp_path):
                    for x, y in zip(s.values(), t.values())), key
     assert [s for s in stats(straight) if s["kimg"] == 0.032 and "metric/swd" in s] == \
         [s for s in stats(resumed.run_dir) if s["kimg"] == 0.032 and "metric/swd" in s]
-    with pytest.raises(FinetuneError, match="started with other settings: kimg"):
+    with pytest.raises(RunFolderError, match="started with other settings: kimg"):
         finetune(tiny(toons, tmp_path, kimg=1.0), resume=first.run_dir)
 
 

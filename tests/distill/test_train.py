@@ -21,7 +21,7 @@ from distill.evaluate import evaluate_student
 from distill.export import ExportConfig, export_student
 from distill.losses import VGG_PLANS, MissingWeightsError
 from distill.pairs import PairsConfig, generate_pairs
-from distill.runs import StudentFileError, load_student
+from distill.runs import RunFolderError, StudentFileError, load_student
 from distill.train import StepBatches, TrainConfig, TrainError, learning_rate, load_run_config, train
 from distill.translator import PRESETS, build_generator
 from runtime.common import Interrupted, ToonifyError
@@ -117,7 +117,7 @@ def test_resume_ends_with_the_same_weights(pairs, straight, tmp_path):
     for name in ("student.pt", "student-ema.pt"):
         assert_same_tensors(torch.load(straight / name, weights_only=True)["state_dict"],
                             torch.load(resumed.run_dir / name, weights_only=True)["state_dict"], name)
-    with pytest.raises(TrainError, match="started with other settings: steps, lr"):
+    with pytest.raises(RunFolderError, match="started with other settings: steps, lr"):
         train(tiny(pairs, tmp_path, lr=1e-3, steps=8), resume=first.run_dir)
 
 

@@ -81,7 +81,7 @@ def stopped_run(tmp_path_factory):
 DAMAGE = {  # what is done to a copy of the run: (file, new bytes or a cut, the reason reported)
     "config_cut": ("config.json", 0.5, "damaged: not valid JSON"),
     "config_list": ("config.json", b"[1, 2]", 'damaged: it holds no training settings (no "config" object)'),
-    "config_settings": ("config.json", b'{"config": {"res": "big"}}', "damaged: its settings are not a training run's"),
+    "config_settings": ("config.json", b'{"config": {"res": "big"}}', "damaged: its settings are not a train run's"),
     "latest_cut": ("checkpoints/latest.pt", 0.5, "damaged or truncated: cannot read it"),
     "latest_empty": ("checkpoints/latest.pt", b"", "damaged or truncated: cannot read it"),
 }
