@@ -80,6 +80,11 @@ $(TRITON)/.installed: Makefile $(STAMP)
 	cp $(TRITON)/unpacked/pytriton/tritonserver/python_backend_stubs/$(PY_VERSION)/triton_python_backend_stub \
 		$(TRITON)/backends/python/
 	chmod +x $(TRITON)/unpacked/pytriton/tritonserver/bin/tritonserver $(TRITON)/backends/python/triton_python_backend_stub
+	# The stub embeds the system's shared libpython of this version (Debian: libpython3.X).
+	if LD_LIBRARY_PATH=$(TRITON)/unpacked/nvidia_pytriton.libs ldd $(TRITON)/backends/python/triton_python_backend_stub \
+		| grep -q "libpython.*not found"; then if [ "$$(id -u)" = 0 ]; then apt-get update -q && \
+		apt-get install -y -q libpython$(PY_VERSION); else $(call ROOT_HINT,libpython$(PY_VERSION),apt-get update \
+		&& apt-get install -y libpython$(PY_VERSION)); fi; fi
 	test -x $(TRITON)/env/bin/python || $(PY) -m venv $(TRITON)/env
 	$(TRITON)/env/bin/python -m pip --disable-pip-version-check -q install $(TRITON_ENV_PACKAGES) $(QUIET)
 	touch $@

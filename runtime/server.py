@@ -50,9 +50,20 @@ NO_FACE_HINT = "if the image is already an aligned face, pass align=false"
 class Refused(Exception):
     """An answer other than the toon: HTTP status, reason and hint."""
 
-    def __init__(self, status: int, reason: str, hint: str = "", headers: dict | None = None):
+    def __init__(self, status: int, reason: str, hint: str = "", headers: dict | None = None, kind: str = "request"):
         super().__init__(reason)
-        self.status, self.reason, self.hint, self.headers = status, reason, hint, headers or {}
+        self.status, self.reason, self.hint, self.headers, self.kind = status, reason, hint, headers or {}, kind
+
+
+# The `reason` label of toonify_requests_total: a fixed set (a label per message would grow with
+# every image size); the image errors' reasons start with these.
+IMAGE_KINDS = (("not an image", "not_an_image"), ("truncated", "truncated"), ("empty", "empty"))
+
+
+def _image_kind(reason: str) -> str:
+    if "over the limit" in reason:
+        return "too_many_pixels"
+    return next((kind for start, kind in IMAGE_KINDS if reason.startswith(start)), "bad_image")
 
 
 def _flag(value: str | None, name: str, default: bool) -> bool:
@@ -105,29 +116,28 @@ class Service:
     async def toonify(self, request: Request) -> Response:
         start = time.perf_counter()
         if self.batcher is None:
-            return self._answer(Refused(404, "this service has no model", "start it with --model M.onnx"), None)
+            return self._answer(Refused(404, "this service has no model", "start it with --model M.onnx", kind="no_model"), None)
         if self.metrics.in_service >= self.cfg.queue_limit:
             return self._answer(Refused(503, "busy: too many requests in the service", "retry after a second",
-                                        {"Retry-After": "1"}), None)
+                                        {"Retry-After": "1"}, "busy"), None)
         self.metrics.in_service += 1
         try:
             response = await asyncio.wait_for(self._toonify(request), self.cfg.timeout)
             self.metrics.answered(200, "ok", time.perf_counter() - start)
             return response
         except asyncio.TimeoutError:
-            return self._answer(Refused(504, f"not done within {self.cfg.timeout:g} s", "retry later"), start)
+            return self._answer(Refused(504, f"not done within {self.cfg.timeout:g} s", "retry later", kind="timeout"), start)
         except Refused as e:
             return self._answer(e, start)
         except ToonifyError as e:
-            return self._answer(Refused(422, e.reason, e.hint), start)
+            return self._answer(Refused(422, e.reason, e.hint, kind=_image_kind(e.reason)), start)
         except ClientDisconnect:
-            return self._answer(Refused(499, "the client went away"), start)
+            return self._answer(Refused(499, "the client went away", kind="client_gone"), start)
         finally:
             self.metrics.in_service -= 1
 
     def _answer(self, e: Refused, start: float | None) -> Response:
-        self.metrics.answered(e.status, e.reason.split(":")[0].split(" (")[0],
-                              None if start is None else time.perf_counter() - start)
+        self.metrics.answered(e.status, e.kind, None if start is None else time.perf_counter() - start)
         body = {"error": e.reason, **({"hint": e.hint} if e.hint else {})}
         return JSONResponse(body, e.status, headers=e.headers)
 
@@ -151,7 +161,7 @@ class Service:
         aligner = self.aligner if aligned else None
         faces, crops = await self._in_prep(face_crops, aligner, rgb, self.toonifier.resolution, max_faces)
         if not crops:
-            raise Refused(422, NO_FACE, NO_FACE_HINT)
+            raise Refused(422, NO_FACE, NO_FACE_HINT, kind="no_face")
         toons = await self.batcher.submit(crops)
         if strength is not None and strength != 1:
             toons = [np.clip(np.rint(c + strength * (t.astype(np.float32) - c)), 0, 255).astype(np.uint8)
@@ -179,7 +189,8 @@ class Service:
     async def _upload(self, request: Request) -> bytes:
         """The image bytes: the body, or the first file of a multipart form; 413 past max_upload."""
         limit = self.cfg.max_upload
-        too_big = Refused(413, f"upload larger than {limit / 1e6:g} MB", "downscale the image (or raise --max-upload-mb)")
+        too_big = Refused(413, f"upload larger than {limit / 1e6:g} MB", "downscale the image (or raise --max-upload-mb)",
+                          kind="too_large")
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
             raise too_big
