@@ -2,22 +2,26 @@
 
 Exports the lite student at 256x256 (as bench/runtime.py does: random weights, speed does not
 depend on their values), starts `toonify-fast serve --model` on 127.0.0.1 and drives POST
-/v1/toonify with obama.jpg from a bounded number of concurrent clients (a fixed count of requests
-per level, then it stops). Measures, with batching on (--max-batch 8) and off (--max-batch 1) in
+/v1/toonify with obama.jpg scaled to --width pixels wide (JPEG; small enough that the model, not
+detection and PNG encoding, is most of a request) from a bounded number of concurrent clients (a
+fixed count of requests per level, then it stops). Measures, with batching on (--max-batch 8) and off (--max-batch 1) in
 the same run: throughput and p50/p99 latency at 1, 4, 16 and 64 clients, failures (any answer
 but 200), the server's resident memory before and after; then above capacity (64 clients against
 --queue-limit 8): the share of 503s (a refused client waits 100 ms) and the latency of accepted
 requests. The same levels against Triton's Python-backend photo model (tritonserver from
 `make triton-deps`, dynamic batching, one instance). Writes bench/results/serve.json.
-Options: --requests N (per client level, at least 2 per client), --clients 1,4,16,64, --no-triton.
+Options: --requests N (per client level, at least 2 per client), --clients 1,4,16,64, --width W,
+--no-triton.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import glob
 import importlib.util
+import io
 import json
 import os
 import socket
@@ -30,6 +34,7 @@ import time
 from pathlib import Path
 
 import httpx
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,7 +85,7 @@ async def drive(send, clients: int, requests: int, refused_wait: float = 0.1) ->
         await asyncio.gather(*(client(http) for _ in range(clients)))
         seconds = time.perf_counter() - start
     ok = codes.count(200)
-    return {"clients": clients, "requests": len(codes), "ok": ok, "refused_503": codes.count(503),
+    return {"clients": clients, "requests": len(codes), "ok": ok, "answers": dict(collections.Counter(map(str, codes))), "refused_503": codes.count(503),
             "failed": len(codes) - ok - codes.count(503), "seconds": seconds, "per_second": ok / seconds,
             "p50_ms": 1000 * percentile(latencies, 0.5), "p99_ms": 1000 * percentile(latencies, 0.99),
             "p99_over_p50": percentile(latencies, 0.99) / percentile(latencies, 0.5) if latencies else None}
@@ -88,15 +93,19 @@ async def drive(send, clients: int, requests: int, refused_wait: float = 0.1) ->
 
 @contextlib.contextmanager
 def service(model: Path, *args):
+    # No time limit: the levels measure queueing, and the shared machine can be slow.
     proc = subprocess.Popen([sys.executable, "-m", "runtime.cli", "serve", "--model", str(model), "--port", "0",
-                             *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                             "--timeout", "600", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
     try:
         url = proc.stdout.readline().strip()
-        for _ in range(200):
+        for _ in range(600):
             with contextlib.suppress(httpx.TransportError):
                 if httpx.get(url + "healthz").status_code == 200:
                     break
             time.sleep(0.1)
+        else:
+            raise RuntimeError(f"the service at {url!r} did not answer /healthz (exit status {proc.poll()})")
         yield url, proc
     finally:
         proc.terminate()
@@ -187,17 +196,22 @@ def bench_triton(model: Path, photo: bytes, levels: list[int], requests: int, tm
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=48)
+    parser.add_argument("--requests", type=int, default=16)
+    parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--clients", default="1,4,16,64")
     parser.add_argument("--no-triton", action="store_true")
     args = parser.parse_args()
     levels = [int(c) for c in args.clients.split(",")]
-    photo = PHOTO.read_bytes()
+    image = Image.open(PHOTO)
+    image = image.resize((args.width, round(image.height * args.width / image.width)), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    photo = buffer.getvalue()
     spec = importlib.util.spec_from_file_location("bench_runtime", ROOT / "bench" / "runtime.py")
     br = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(br)
     # The machine is shared: the load says how far these figures are from an idle one's.
-    results = {"resolution": RES, "photo": PHOTO.name, "cores": os.cpu_count(), "goals": GOALS,
+    results = {"resolution": RES, "photo": f"{PHOTO.name} at {image.width}x{image.height}", "cores": os.cpu_count(), "goals": GOALS,
                "load_average_at_start": os.getloadavg()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -168,6 +168,11 @@ class Batcher:
     async def _run(self, batch: list[_Item], faces: int) -> None:
         try:
             self.metrics.waiting_faces -= faces
+            # Requests that timed out or left while the batch gathered are not run.
+            batch = [item for item in batch if not item.future.done()]
+            faces = sum(len(item.crops) for item in batch)
+            if not batch:
+                return
             crops = np.stack([c for item in batch for c in item.crops])
             try:
                 toons = await asyncio.get_running_loop().run_in_executor(self.pool, self.run, crops)

@@ -193,6 +193,20 @@ def test_over_the_queue_limit_requests_are_refused_at_once_and_the_service_stays
     assert metric(text, "toonify_requests_total", code=200, reason="ok") == 3
 
 
+def test_a_request_past_the_time_limit_gets_504_and_the_engine_skips_it(model):
+    image = encoded(np.full((32, 32, 3), 9, np.uint8))
+    with service("--model", model, "--timeout", "0.3", "--max-wait-ms", "1000") as (url, _):
+        start = time.perf_counter()
+        late = httpx.post(url + "v1/toonify", params={"align": "false"}, content=image, timeout=30)
+        seconds = time.perf_counter() - start
+        time.sleep(1.2)                     # the batch it would have joined has run by now
+        text = httpx.get(url + "metrics").text
+    assert late.status_code == 504 and late.json() == {"error": "not done within 0.3 s", "hint": "retry later"}
+    assert 0.3 <= seconds < 0.9
+    assert metric(text, "toonify_requests_total", code=504, reason="timeout") == 1
+    assert metric(text, "toonify_batch_faces_count") == 0 and metric(text, "toonify_queued_faces") == 0
+
+
 def test_sigterm_finishes_the_request_in_flight(model):
     image = encoded(np.full((32, 32, 3), 7, np.uint8))
     with service("--model", model, "--max-wait-ms", "1000") as (url, proc):
