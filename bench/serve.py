@@ -2,10 +2,11 @@
 
 Exports the lite student at 256x256 (as bench/runtime.py does: random weights, speed does not
 depend on their values), starts `toonify-fast serve --model` on 127.0.0.1 and drives POST
-/v1/toonify with obama.jpg scaled to --width pixels wide (JPEG; small enough that the model, not
-detection and PNG encoding, is most of a request) from a bounded number of concurrent clients (a
-fixed count of requests per level, then it stops). Measures, with batching on (--max-batch 8) and off (--max-batch 1) in
-the same run: throughput and p50/p99 latency at 1, 4, 16 and 64 clients, failures (any answer
+/v1/toonify with obama.jpg scaled to --width pixels wide (JPEG; smaller than the original so that
+detection, which no batching shares, weighs less against the model) from a bounded number of
+concurrent clients (a fixed count of requests per level, then it stops). Measures, with batching
+on (--max-batch 8) and off (--max-batch 1), both served at once and run level by level in turn:
+throughput and p50/p99 latency at 1, 4, 16 and 64 clients, failures (any answer
 but 200), the server's resident memory before and after; then above capacity (64 clients against
 --queue-limit 8): the share of 503s (a refused client waits 100 ms) and the latency of accepted
 requests. The same levels against Triton's Python-backend photo model (tritonserver from
@@ -112,31 +113,40 @@ def service(model: Path, *args):
         proc.wait(60)
 
 
-def bench_service(model: Path, photo: bytes, levels: list[int], requests: int, batching: bool) -> dict:
-    args = ["--max-batch", "8", "--max-wait-ms", "5"] if batching else ["--max-batch", "1", "--max-wait-ms", "0"]
+MODES = {"batching": ["--max-batch", "8", "--max-wait-ms", "5"], "no_batching": ["--max-batch", "1", "--max-wait-ms", "0"]}
+
+
+def bench_service(model: Path, photo: bytes, levels: list[int], requests: int) -> dict:
+    """Both modes served at once and measured level by level, one after the other: the shared
+    machine's load drifts over minutes, and this way both modes see the same."""
     headers = {"Content-Type": "image/jpeg"}
-    out = {"args": args, "levels": []}
-    with service(model, *args, "--queue-limit", "64") as (url, proc):
+    out = {mode: {"args": args, "levels": []} for mode, args in MODES.items()}
+
+    def sender(url):
         async def send(http):
             return (await http.post(url + "v1/toonify", content=photo, headers=headers)).status_code
-        asyncio.run(drive(send, 2, 4))              # warm up: first runs of every thread and shape
-        out["rss_mb_before"] = rss_mb(proc.pid)
+        return send
+
+    with contextlib.ExitStack() as stack:
+        served = {mode: stack.enter_context(service(model, *args, "--queue-limit", "64")) for mode, args in MODES.items()}
+        for mode, (url, proc) in served.items():
+            asyncio.run(drive(sender(url), 2, 4))              # warm up: first runs of every thread and shape
+            out[mode]["rss_mb_before"] = rss_mb(proc.pid)
         for clients in levels:
-            row = asyncio.run(drive(send, clients, max(requests, 2 * clients)))
-            out["levels"].append(row)
-            print(f"  {'batching' if batching else 'no batching'}: {row}", flush=True)
-        out["rss_mb_after"] = rss_mb(proc.pid)
-        out["metrics_batches"] = [line for line in httpx.get(url + "metrics").text.splitlines()
-                                  if line.startswith("toonify_batch_faces_")]
-    if batching:
-        with service(model, *args, "--queue-limit", "8") as (url, proc):
-            async def send(http):
-                return (await http.post(url + "v1/toonify", content=photo, headers=headers)).status_code
-            asyncio.run(drive(send, 2, 4))
-            row = asyncio.run(drive(send, 64, max(requests, 128)))
-            row["refused_share"] = row["refused_503"] / row["requests"]
-            out["over_capacity"] = row
-            print(f"  over capacity (queue limit 8, 64 clients): {row}", flush=True)
+            for mode, (url, _) in served.items():
+                row = asyncio.run(drive(sender(url), clients, max(requests, 2 * clients)))
+                out[mode]["levels"].append(row)
+                print(f"  {mode}: {row}", flush=True)
+        for mode, (url, proc) in served.items():
+            out[mode]["rss_mb_after"] = rss_mb(proc.pid)
+            out[mode]["metrics_batches"] = [line for line in httpx.get(url + "metrics").text.splitlines()
+                                            if line.startswith("toonify_batch_faces_")]
+    with service(model, *MODES["batching"], "--queue-limit", "8") as (url, _):
+        asyncio.run(drive(sender(url), 2, 4))
+        row = asyncio.run(drive(sender(url), 64, max(requests, 128)))
+        row["refused_share"] = row["refused_503"] / row["requests"]
+        out["over_capacity"] = row
+        print(f"  over capacity (queue limit 8, 64 clients): {row}", flush=True)
     return out
 
 
@@ -216,9 +226,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = br.export("lite", RES, tmp)
-        for batching in (True, False):
-            results["batching" if batching else "no_batching"] = bench_service(model, photo, levels, args.requests,
-                                                                             batching)
+        results |= bench_service(model, photo, levels, args.requests)
         if not args.no_triton:
             results["triton"] = bench_triton(model, photo, levels, args.requests, tmp)
     on, off = results["batching"]["levels"], results["no_batching"]["levels"]
