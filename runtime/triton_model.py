@@ -11,15 +11,24 @@ answers an error with the CLI's reason). The runtime package travels beside this
 typer, rich) come from the stub's Python or from PYTHONPATH, which the backend stub does not apply
 itself and this file does.
 """
+import importlib.util
 import json
 import os
 import sys
 
-sys.path[:0] = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np  # noqa: E402
-import triton_python_backend_utils as pb_utils  # noqa: E402
+def _use_paths() -> None:
+    """PYTHONPATH's entries, then the folder of this file (the runtime copy beside it), first on sys.path."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:0] = [p for p in [*os.environ.get("PYTHONPATH", "").split(os.pathsep), here] if p and p not in sys.path]
+
+
+# Inside Triton's backend stub (its utils module is on the path) the paths come first: the stub
+# needs numpy right after importing this file. Imported anywhere else, this file changes nothing.
+if importlib.util.find_spec("triton_python_backend_utils") is not None:
+    _use_paths()
+    import numpy as np
+    import triton_python_backend_utils as pb_utils
 
 
 class TritonPythonModel:
