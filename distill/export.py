@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 import runtime
-from distill import quantize
+from distill import quantize, triton
 from distill.runs import StudentInfo, load_student
 from distill.translator import fold_condition
 from runtime.common import ToonifyError, UsageError, console, note, output_suffix, write_bytes_atomic
@@ -60,6 +60,10 @@ class ExportConfig:
                                       "as a plain student; default: keep the style and strength inputs).")
     strength: float | None = setting(None, "With --style: the strength folded in (default: the student's default).",
                                      min=0.0, max=1.0)
+    triton_tensorrt: bool = setting(False, "Triton: run the ONNX model through ONNX Runtime's TensorRT accelerator "
+                                           "(FP16) on GPU instances.")
+    storage_uri: str = setting("", "Where the Triton repository will be uploaded (s3://, gs://, pvc://), for the KServe "
+                                   "manifest beside it (default: pvc://toonify-fast/NAME).")
     parity_images: tuple[Path, ...] = setting(
         (), "A real photo for the ONNX Runtime vs PyTorch parity check; repeatable (default: a bundled portrait).",
         flags=("--parity-image",))
@@ -267,9 +271,10 @@ def check_parity(outputs: dict[str, tuple], tolerance: float) -> dict[str, float
     return diffs
 
 
-def triton_config(name: str, info: ModelInfo, max_batch_size: int) -> str:
+def triton_config(name: str, info: ModelInfo, max_batch_size: int, tensorrt: bool = False) -> str:
     """config.pbtxt for Triton's ONNX Runtime backend: dynamic batching, GPU instances, dims [3, -1, -1]
-    (and a conditioned model's style and strength, one value per image)."""
+    (and a conditioned model's style and strength, one value per image; tensorrt: through ORT's
+    TensorRT execution accelerator, FP16)."""
     tensor = '  {{ name: "{}" data_type: TYPE_FP32 dims: [ 3, -1, -1 ] }}'
     inputs = [tensor.format(info.input_name)]
     if info.styles:
@@ -287,8 +292,18 @@ def triton_config(name: str, info: ModelInfo, max_batch_size: int) -> str:
         "  max_queue_delay_microseconds: 2000",
         "}",
         "instance_group [ { count: 1 kind: KIND_GPU } ]",
+        *(TENSORRT_OPTIMIZATION if tensorrt else ()),
         "",
     ])
+
+
+TENSORRT_OPTIMIZATION = (
+    "optimization { execution_accelerators {",
+    '  gpu_execution_accelerator: [ { name: "tensorrt"',
+    '    parameters { key: "precision_mode" value: "FP16" }',
+    '    parameters { key: "max_workspace_size_bytes" value: "1073741824" } } ]',
+    "} }",
+)
 
 
 def _batch_sizes(max_batch_size: int) -> list[int]:
@@ -297,14 +312,22 @@ def _batch_sizes(max_batch_size: int) -> list[int]:
 
 
 def write_triton_repository(onnx_model: Path | bytes, repo: Path, name: str, info: ModelInfo,
-                            max_batch_size: int) -> Path:
+                            max_batch_size: int, tensorrt: bool = False, storage_uri: str = "") -> Path:
     """Write `repo/name/config.pbtxt` and `repo/name/1/model.onnx` (the file `onnx_model`, or these
-    bytes); returns the model folder."""
+    bytes), the Python-backend models NAME_python and NAME_photo (distill/triton.py), and the KServe
+    manifest REPO-kserve.yaml beside the repository; returns the ONNX model's folder."""
     folder = repo / name
-    write_bytes_atomic(folder / "1" / "model.onnx", onnx_model if isinstance(onnx_model, bytes)
-                       else Path(onnx_model).read_bytes())
-    write_bytes_atomic(folder / "config.pbtxt", triton_config(name, info, max_batch_size).encode())
+    data = onnx_model if isinstance(onnx_model, bytes) else Path(onnx_model).read_bytes()
+    write_bytes_atomic(folder / "1" / "model.onnx", data)
+    write_bytes_atomic(folder / "config.pbtxt", triton_config(name, info, max_batch_size, tensorrt).encode())
+    triton.write_python_models(repo, name, data, max_batch_size, info.input_name, info.output_name)
+    triton.write_kserve_manifest(kserve_path(repo), name, storage_uri or f"pvc://toonify-fast/{name}")
     return folder
+
+
+def kserve_path(repo: Path) -> Path:
+    """Where the KServe manifest of the repository `repo` goes: beside it, REPO-kserve.yaml."""
+    return repo.with_name(f"{repo.name}-kserve.yaml")
 
 
 def _checked(graph: onnx.ModelProto) -> bytes:
@@ -407,6 +430,7 @@ def export_student(cfg: ExportConfig) -> dict:
     if cfg.triton is not None:
         # The bytes, not cfg.output read back: a pipe or device gives back nothing of what it was given.
         folder = write_triton_repository(data, cfg.triton, cfg.triton_name or cfg.output.stem,
-                                         info, cfg.max_batch_size)
+                                         info, cfg.max_batch_size, cfg.triton_tensorrt, cfg.storage_uri)
         report["triton"] = str(folder)
+        report["kserve"] = str(kserve_path(cfg.triton))
     return report

@@ -4,6 +4,7 @@
     toonify-fast photo.jpg                 # writes photo_toon.png beside it
     toonify-fast video clip.mp4 -o toon.mp4
     toonify-fast web model.onnx -o site/ && toonify-fast serve site/   # in the browser
+    toonify-fast serve --model model.onnx --port 8000      # an HTTP service: POST /v1/toonify
     toonify-fast distill --help            # building a model (needs the `distill` extra)
 
 Each command is thin: its options are its config's fields (runtime.options), and it calls one
@@ -115,9 +116,10 @@ def web(cfg: WebConfig) -> None:
 
 @command(app, ServeConfig, arguments=("folder",))
 def serve(cfg: ServeConfig) -> None:
-    """Serve a site on localhost with the headers that enable WASM threads (COOP and COEP)."""
-    from runtime.web import serve as serve_site
-    serve_site(cfg)
+    """Serve the toonify API (--model: POST /v1/toonify, batched across clients), the page of `web` (SITE, with
+    COOP/COEP and gzip), or both; /healthz and /metrics. SIGTERM or Ctrl-C finishes requests in flight, then stops."""
+    from runtime.server import serve as serve_http
+    serve_http(cfg)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

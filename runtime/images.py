@@ -48,6 +48,28 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
     or larger than `max_pixels` (checked from the header, before decoding).
     """
     path = Path(path)
+    return _read(path, path, max_pixels)
+
+
+def decode_image(data: bytes, max_pixels: int | None = MAX_PIXELS, name: str = "upload") -> tuple[np.ndarray, np.ndarray | None]:
+    """read_image for bytes in memory (an HTTP upload): the same conversions, limits and errors,
+    which name `name` instead of a file; an empty or missing file reads as truncated."""
+    if not data:
+        raise ImageError("empty upload: not an image", name, hint=FORMATS_HINT)
+    return _read(io.BytesIO(data), Path(name), max_pixels)
+
+
+def encode_image(rgb: np.ndarray, alpha: np.ndarray | None = None, fmt: str = "PNG", quality: int = 95) -> bytes:
+    """[H, W, 3] uint8 RGB (+ alpha where `fmt` keeps it) -> the bytes of a PNG, JPEG or WebP file."""
+    im = Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
+    if alpha is not None and fmt in ALPHA_FORMATS:
+        im.putalpha(Image.fromarray(np.ascontiguousarray(alpha, np.uint8)))
+    out = io.BytesIO()
+    im.save(out, format=fmt, **({"quality": quality} if fmt in ("JPEG", "WEBP") else {}))
+    return out.getvalue()
+
+
+def _read(source, path: Path, max_pixels: int | None) -> tuple[np.ndarray, np.ndarray | None]:
     try:
         mode = os.stat(path).st_mode
     except OSError:
@@ -60,7 +82,7 @@ def read_image(path: str | os.PathLike, max_pixels: int | None = MAX_PIXELS) -> 
         with warnings.catch_warnings():
             # Our own limit below replaces Pillow's warning (it fires at 89 MP whatever we allow).
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
+            with Image.open(source) as im:
                 _check_pixels(path, *im.size, max_pixels)
                 im.load()
                 return _to_rgb(_upright(im))

@@ -2,7 +2,7 @@
 own browser (ONNX Runtime Web, face-api's 68 landmarks), and a local server for it.
 
     build_site(WebConfig(model=Path("exports/lite.onnx"), output=Path("site")))
-    serve(ServeConfig(folder=Path("site"), port=8000))       # http://127.0.0.1:8000/
+    toonify-fast serve site/ --model exports/toonify.onnx     # the page and the API: runtime/server.py
 
 The page's sources live in runtime/web/ (shipped with the package); its JavaScript dependencies
 come from the npm registry, pinned by runtime/web/package-lock.json, installed with `npm ci`.
@@ -10,9 +10,8 @@ Nothing is fetched from elsewhere at run time: the site works offline from any s
 """
 from __future__ import annotations
 
-import functools
+import gzip
 import hashlib
-import http.server
 import os
 import shutil
 import subprocess
@@ -20,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.common import ToonifyError, UsageError, atomic_path, console, write_json_atomic
-from runtime.engine import read_model_info
+from runtime.images import MAX_PIXELS
+from runtime.engine import provider_setting, read_model_info
 from runtime.options import setting
 
 PAGE = Path(__file__).with_name("web")
@@ -53,6 +53,8 @@ NPM_HINT = "install Node.js and npm (Debian: apt-get install -y nodejs npm), the
 MIME = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/javascript", ".wasm": "application/wasm",
         ".json": "application/json", ".onnx": "application/octet-stream", ".bin": "application/octet-stream",
         ".txt": "text/plain", ".png": "image/png", ".jpg": "image/jpeg"}
+# What the server sends gzip-encoded (from the .gz beside it): code, weights, model; images are compressed already.
+GZIP_SUFFIXES = (".wasm", ".js", ".mjs", ".onnx", ".bin", ".json")
 # Cross-origin isolation: without it the page has no SharedArrayBuffer and WASM runs one thread.
 ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
                      "Cross-Origin-Resource-Policy": "same-origin"}
@@ -67,9 +69,27 @@ class WebConfig:
 
 @dataclass(frozen=True)
 class ServeConfig:
-    folder: Path = setting(Path("site"), "A site written by `toonify-fast web`.", metavar="FOLDER")
+    folder: Path | None = setting(None, "A site written by `toonify-fast web`, served at / (with COOP/COEP).",
+                                  metavar="SITE")
+    model: Path | None = setting(None, "Exported model (.onnx): serve the API at POST /v1/toonify.",
+                                 flags=("-m", "--model"))
     port: int = setting(8000, "TCP port (0: any free one).", min=0, max=65535)
     host: str = setting("127.0.0.1", "Address to listen on.")
+    provider: str = provider_setting()
+    max_batch: int = setting(8, "Most faces per engine run, gathered across requests (1: batching off).", min=1)
+    max_wait_ms: float = setting(5.0, "How long a batch's first face waits for more to arrive.", min=0)
+    workers: int = setting(1, "Engine runs at once (each with the physical cores / workers threads on CPU).", min=1)
+    queue_limit: int = setting(64, "Requests in the service at once; more are refused at once (503, Retry-After).",
+                               min=1)
+    max_upload: int = setting(20_000_000, "Refuse uploads larger than this many megabytes (413).",
+                              flags=("--max-upload-mb",), cli=float, min=0.001, shown=lambda v: v / 1e6,
+                              parse=lambda v: int(v * 1e6))
+    max_pixels: int = setting(MAX_PIXELS, "Refuse images with more megapixels than this (decompression bombs).",
+                              flags=("--max-megapixels",), cli=float, min=0.001, shown=lambda v: v / 1e6,
+                              parse=lambda v: int(v * 1e6))
+    max_faces: int | None = setting(None, "Convert at most this many faces per image, largest first (default: all).",
+                                    min=1)
+    timeout: float = setting(30.0, "Seconds a request may take before it is answered 504.", min=0.01)
 
 
 def node_modules() -> Path:
@@ -119,6 +139,10 @@ def build_site(cfg: WebConfig) -> dict[str, int]:
         for dest in WEBGPU_FILES.values():
             (out / dest).unlink(missing_ok=True)
     _copy(Path(cfg.model), out / MODEL_FILE)
+    for dest in [*files.values(), *WEBGPU_FILES.values(), MODEL_FILE]:
+        (out / (dest + ".gz")).unlink(missing_ok=True)
+        if (out / dest).is_file() and Path(dest).suffix in GZIP_SUFFIXES:
+            _gzip(out / dest)
     write_json_atomic(out / MODEL_JSON, {"file": MODEL_FILE, "bytes": (out / MODEL_FILE).stat().st_size,
                                          "webgpu": cfg.webgpu, "metadata": info.to_metadata()})
     sizes = {dest: (out / dest).stat().st_size for dest in [*files.values(), MODEL_FILE, MODEL_JSON]}
@@ -127,50 +151,13 @@ def build_site(cfg: WebConfig) -> dict[str, int]:
     return sizes
 
 
+def _gzip(path: Path) -> None:
+    """Write PATH.gz beside a file: `toonify-fast serve` sends it to browsers that accept gzip."""
+    with atomic_path(path.with_name(path.name + ".gz")) as tmp, open(path, "rb") as src, \
+            gzip.GzipFile(tmp, "wb", compresslevel=9, mtime=0) as out:
+        shutil.copyfileobj(src, out, 1 << 20)
+
+
 def _copy(src: Path, dest: Path) -> None:
     with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-
-
-class SiteHandler(http.server.SimpleHTTPRequestHandler):
-    """Static files with the MIME types modules and WASM need and the cross-origin isolation
-    headers that enable WASM threads."""
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map, **MIME}
-
-    def end_headers(self) -> None:
-        for key, value in ISOLATION_HEADERS.items():
-            self.send_header(key, value)
-        self.send_header("Cache-Control", "no-cache")
-        super().end_headers()
-
-    def log_message(self, format: str, *args) -> None:
-        pass      # one line a file would bury the URL; errors still reach the browser's console
-
-
-def make_server(cfg: ServeConfig) -> http.server.ThreadingHTTPServer:
-    """A bound (not yet serving) HTTP server for the site folder; port 0 picks a free port."""
-    folder = Path(cfg.folder)
-    if not (folder / "index.html").is_file():
-        raise UsageError("not a site folder (no index.html)", folder,
-                           hint="build one with `toonify-fast web MODEL.onnx -o FOLDER`")
-    handler = functools.partial(SiteHandler, directory=str(folder))
-    try:
-        return http.server.ThreadingHTTPServer((cfg.host, cfg.port), handler)
-    except OSError as e:
-        raise UsageError(f"cannot listen on {cfg.host}:{cfg.port} ({e.strerror or e})",
-                           hint="choose another --port") from None
-
-
-def serve(cfg: ServeConfig) -> None:
-    """Serve the site until interrupted, printing its URL on stdout (a script can read the port)."""
-    server = make_server(cfg)
-    host, port = server.server_address[:2]
-    print(f"http://{host}:{port}/", flush=True)
-    console.print(f"serving {cfg.folder}/ (Ctrl-C stops)")
-    try:
-        server.serve_forever()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.server_close()
-

@@ -392,3 +392,19 @@ def test_a_picked_photo_is_shown_and_downloadable(swap_page):
     page.wait_for_function("document.getElementById('status').textContent === 'dogs.jpg: no face found'",
                            timeout=30_000)
     assert swap_page.errors == []
+
+
+def test_the_site_is_sent_gzip_encoded_from_the_files_web_wrote(url, site):
+    import gzip
+
+    import httpx
+    wasm = "ort/ort-wasm-simd-threaded.wasm"
+    assert gzip.decompress((site / (wasm + ".gz")).read_bytes()) == (site / wasm).read_bytes()
+    assert not (site / "styled" / "ort" / "ort-wasm-simd-threaded.asyncify.wasm.gz").exists()   # --no-webgpu
+    zipped = httpx.get(url + wasm, headers={"Accept-Encoding": "gzip"})
+    plain = httpx.get(url + wasm, headers={"Accept-Encoding": "identity"})
+    assert zipped.headers["content-encoding"] == "gzip" and zipped.headers["content-type"] == "application/wasm"
+    assert int(zipped.headers["content-length"]) == (site / (wasm + ".gz")).stat().st_size
+    assert zipped.content == plain.content == (site / wasm).read_bytes()
+    assert "content-encoding" not in plain.headers
+    assert zipped.headers["cross-origin-embedder-policy"] == "require-corp"
