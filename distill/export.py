@@ -51,6 +51,7 @@ class ExportConfig:
     triton: Path | None = setting(None, "Also write a Triton Inference Server model repository here "
                                         "(NAME/config.pbtxt, NAME/1/model.onnx).")
     triton_name: str | None = setting(None, cli=False)   # model name in that repository (default: the output's stem)
+    extra_metadata: tuple[tuple[str, str], ...] = setting((), cli=False)   # more metadata_props, e.g. the demo's
     max_batch_size: int = setting(8, "Triton's max_batch_size for dynamic batching.")
     parity_images: tuple[Path, ...] = setting(
         (), "A real photo for the ONNX Runtime vs PyTorch parity check; repeatable (default: a bundled portrait).",
@@ -312,7 +313,7 @@ def export_student(cfg: ExportConfig) -> dict:
         input_name="input", output_name="output", resolution=res, size_multiple=multiple, preset=student.preset,
         teacher_base_sha256=student.teacher_base_sha256, teacher_blended_sha256=student.teacher_blended_sha256,
         exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        toonify_fast_version=runtime.__version__, precision=precision)
+        toonify_fast_version=runtime.__version__, precision=precision, extra=dict(cfg.extra_metadata))
 
     with tempfile.TemporaryDirectory() as tmp:
         graph_path = Path(tmp) / "student.onnx"

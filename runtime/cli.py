@@ -74,17 +74,21 @@ def convert(cfg: ConvertConfig) -> None:
 
 @app.command()
 def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx).", show_default=False)]) -> None:
-    """Print a model's metadata and the ONNX Runtime providers available here."""
+    """Print a model's metadata, the ONNX Runtime providers that would start here, and what auto picks."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    from runtime.engine import LABELS, Toonifier, available_providers, read_model_info
+    from runtime.engine import LABELS, Toonifier, provider_status, read_model_info
     meta = read_model_info(model).to_metadata()
     table = Table(title=str(model), show_header=False)
     for key, value in meta.items():
         table.add_row(key, Text(value))
-    table.add_row("providers here", ", ".join(LABELS[p] for p in available_providers()))
+    status = provider_status()
+    table.add_row("providers that start here", ", ".join(LABELS[p] for p, why in status.items() if not why))
+    missing = [f"{LABELS[p]} {why}" for p, why in status.items() if why]
+    if missing:
+        table.add_row("not here", Text("; ".join(missing)))
     toonifier = Toonifier(model, "auto")
     why = toonifier.fallback_reason
     table.add_row("auto runs on", Text(LABELS[toonifier.provider] + (f" ({why})" if why else "")))
