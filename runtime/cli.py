@@ -32,8 +32,16 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]})
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from runtime import __version__
+        typer.echo(f"toonify-fast {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                                 callback=_print_version)] = False) -> None:
     """Keeps `toonify-fast` a command group whatever commands are registered."""
 
 
@@ -73,7 +81,8 @@ def convert(cfg: ConvertConfig) -> None:
 
 
 @app.command()
-def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx).", show_default=False)]) -> None:
+def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx).", show_default=False,
+                                               metavar="MODEL")]) -> None:
     """Print a model's metadata, the ONNX Runtime providers that would start here, and what auto picks."""
     from rich.console import Console
     from rich.table import Table

@@ -61,7 +61,8 @@ def _require_ort() -> None:
 
 def model_setting():
     """The `model` setting of every converting command (photos, video)."""
-    return setting(None, f"Exported model (.onnx). Default: ${MODEL_ENV}, then {DEFAULT_MODEL}.", flags=("-m", "--model"))
+    return setting(None, f"Exported model (.onnx). Default: ${MODEL_ENV}, then {DEFAULT_MODEL}, then {DEMO_MODEL} "
+                         "(make demo's).", flags=("-m", "--model"))
 
 
 def provider_setting():

@@ -63,11 +63,24 @@ class VideoReader:
             self.has_audio = bool(c.streams.audio)
             origin = c.start_time / av.time_base if c.start_time is not None else 0.0
             whole = start is None and end is None
-            self.frames_hint = min(filter(None, [s.frames if whole else None, max_frames]), default=None)
+            self.frames_hint = min(filter(None, [s.frames if whole else self._estimate(c, s, start, end),
+                                                 max_frames]), default=None)
         # Seconds on the input's own clock.
         self.first = origin + (start or 0.0)
         self.last = origin + end if end is not None else math.inf
         self.limited = False        # True once max_frames stopped a pass before the end of the stream
+
+    def _estimate(self, container, stream, start: float | None, end: float | None) -> int | None:
+        """About how many frames lie between start and end (from the duration and the frame rate), for
+        the progress bar; None when the duration is unknown."""
+        if stream.duration:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        else:
+            return None
+        seconds = min(end if end is not None else duration, duration) - (start or 0.0)
+        return max(round(seconds * float(self.rate)), 0) or None
 
     def open(self):
         try:
