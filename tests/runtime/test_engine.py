@@ -230,3 +230,37 @@ def test_gpu_providers_run_exactly_and_report_themselves(tmp_path, provider, lab
     assert engine.provider == label and not engine.fallbacks
     faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(np.stack(engine.run(faces)), 255 - faces)
+
+
+def demo_metadata(demo: bool = True) -> dict:
+    info = ModelInfo(input_name="input", output_name="output", resolution=32, extra={"demo": "1"} if demo else {})
+    return info.to_metadata()
+
+
+def test_the_default_model_is_toonify_then_the_demo_model_said_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOONIFY_FAST_MODEL", raising=False)
+    with pytest.raises(UsageError) as e:
+        engine.find_model(None)
+    assert e.value.exit_code == 2 and str(e.value) == (
+        "exports/toonify.onnx: no such model file (the default when neither --model nor $TOONIFY_FAST_MODEL is "
+        "set; exports/demo.onnx is missing too)\n  hint: build one with `make demo` (writes exports/demo.onnx) "
+        "or `toonify-fast distill export ...`, or pass --model")
+    (tmp_path / "exports").mkdir()
+    build_model(tmp_path / "exports" / "demo.onnx", metadata=demo_metadata())
+    assert engine.find_model(None) == engine.Path("exports/demo.onnx")
+    assert capsys.readouterr().err == ("note: using the demo model exports/demo.onnx (untrained; export your own "
+                                       "to exports/toonify.onnx)\n")
+    build_model(tmp_path / "exports" / "demo.onnx", metadata=demo_metadata(demo=False))
+    assert engine.find_model(None) == engine.Path("exports/demo.onnx") and capsys.readouterr().err == ""
+    build_model(tmp_path / "exports" / "toonify.onnx")
+    assert engine.find_model(None) == engine.Path("exports/toonify.onnx") and capsys.readouterr().err == ""
+    monkeypatch.setenv("TOONIFY_FAST_MODEL", "exports/demo.onnx")
+    assert engine.find_model(None) == engine.Path("exports/demo.onnx")
+    assert engine.find_model("exports/toonify.onnx") == engine.Path("exports/toonify.onnx")
+    with pytest.raises(UsageError, match=r"^elsewhere.onnx: no such model file \(--model\)"):
+        engine.find_model("elsewhere.onnx")
+
+
+def test_a_model_that_is_not_ours_is_a_usage_error():
+    assert issubclass(ModelError, UsageError) and ModelError("x").exit_code == 2
