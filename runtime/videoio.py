@@ -73,13 +73,16 @@ class VideoReader:
     def _estimate(self, container, stream, start: float | None, end: float | None) -> int | None:
         """About how many frames lie between start and end (from the duration and the frame rate), for
         the progress bar; None when the duration is unknown."""
+        # On the input's clock, as first/last are: the video stream may begin after the container.
+        origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+        begins = float(stream.start_time * stream.time_base) if stream.start_time is not None else origin
         if stream.duration:
-            duration = float(stream.duration * stream.time_base)
+            ends = begins + float(stream.duration * stream.time_base)
         elif container.duration:
-            duration = container.duration / av.time_base
+            ends = origin + container.duration / av.time_base
         else:
             return None
-        seconds = min(end if end is not None else duration, duration) - (start or 0.0)
+        seconds = min(origin + end if end is not None else ends, ends) - max(origin + (start or 0.0), begins)
         return max(round(seconds * float(self.rate)), 0) or None
 
     def open(self):
