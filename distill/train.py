@@ -408,6 +408,7 @@ def train(cfg: TrainConfig, resume: str | os.PathLike | None = None, stop_at: in
         checkpoint(done)
         if run is not None:
             bar.stop()
+            bar = None      # stopped once: off a terminal every stop() writes another (blank) line
             finished = done >= cfg.steps
             run.log(f"{'finished' if finished else 'stopped'} at step {done} of {cfg.steps} after "
                     f"{(time.perf_counter() - began) / 60:.1f} min; run folder: {run.path}")

@@ -247,6 +247,8 @@ def progress(unit: str = "it", transient: bool = False) -> Progress:
             task = bar.add_task("pairs", total=n)
             bar.advance(task)
     """
+    # Off a terminal (a log file, a pipe) rich cannot erase a transient bar and leaves a blank line
+    # in its place: there it is not shown at all.
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     _RateColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                    console=console, transient=transient)
+                    console=console, transient=transient, disable=transient and not console.is_terminal)
