@@ -382,7 +382,7 @@ def smoothing_name(cfg: VideoConfig) -> str:
     """What smoothed the crop, as the report says it: 'none' for --sigma 0 (nothing to guide)."""
     if not cfg.live and cfg.sigma == 0:
         return "none (--sigma 0)"
-    return (("one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma:g} frames")
+    return (("one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma} frames")
             + (", guided by the face's measured motion" if cfg.guided else ""))
 
 

@@ -177,10 +177,10 @@ def test_info_prints_metadata_and_providers(tmp_path, model, capsys):
     assert code == 0
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
     assert rows["resolution"] == "64" and rows["preset"] == "test-invert" and rows["toonify_fast.format"] == "1"
-    assert "CPU" in rows["providers here"] and rows["auto runs on"].split()[0] in ("CPU", "CUDA")
+    assert "CPU" in rows["providers that start here"] and rows["auto runs on"].split()[0] in ("CPU", "CUDA")
     (tmp_path / "x.onnx").write_text("no")
     code, _, err = cli(capsys, "info", tmp_path / "x.onnx")
-    assert code == 1 and f"{tmp_path / 'x.onnx'}: not an ONNX model" in err
+    assert code == 2 and f"{tmp_path / 'x.onnx'}: not an ONNX model" in err       # a bad model is bad usage
     assert cli(capsys, "info", tmp_path / "y.onnx")[0] == 2
 
 

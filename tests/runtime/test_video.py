@@ -240,7 +240,7 @@ def test_cli_sigma_zero_turns_smoothing_off(tmp_path, clip, model):
               "--sigma", "0", "--no-guide", "--start", "3.5", "--max-frames", "20", "--report", str(report)])
     assert exit_.value.code == 0
     data = json.loads(report.read_text())
-    assert data["smoothing"] == "gaussian sigma=0.0 frames"
+    assert data["smoothing"] == "none (--sigma 0)"
     assert data["crop_motion"]["smoothed"] == data["crop_motion"]["raw"]
     assert data["crop_motion"]["smoothing_offset"]["max"] == 0
 
@@ -474,7 +474,7 @@ def test_a_part_of_a_video_knows_about_how_many_frames_it_has(clip):
 
 def test_sigma_0_reports_no_smoothing_and_the_report_keeps_lists_on_a_line(tmp_path, clip, model, capsys):
     assert smoothing_name(VideoConfig(input=clip, sigma=0)) == "none (--sigma 0)"
-    assert smoothing_name(VideoConfig(input=clip)) == "gaussian sigma=6 frames, guided by the face's measured motion"
+    assert smoothing_name(VideoConfig(input=clip)) == "gaussian sigma=6.0 frames, guided by the face's measured motion"
     assert smoothing_name(VideoConfig(input=clip, live=True, guided=False)) == "one-euro (causal)"
     report = tmp_path / "report.json"
     with pytest.raises(SystemExit) as exit_:
