@@ -3,6 +3,9 @@
 # Which PyTorch: with an NVIDIA driver present (nvidia-smi answers) the default PyPI build
 # (CUDA); otherwise torch==2.13.0, a CPU build where one is on local disk or the index.
 # Override:  make test TORCH='torch==2.14.1'   or   make demo TORCH=torch
+# Which ONNX Runtime: the extra `gpu` (onnxruntime-gpu) with the driver, else `cpu` (onnxruntime);
+# never both. Override:  make install ORT=cpu
+# Another photo for the demo:  make demo IMAGE=photo.jpg
 # Another interpreter:  make test PYTHON=python3.12
 PYTHON ?= python3
 VENV ?= .venv
@@ -10,8 +13,10 @@ PY := $(VENV)/bin/python
 HAS_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo yes)
 ifeq ($(HAS_GPU),yes)
 TORCH ?= torch
+ORT ?= gpu
 else
 TORCH ?= torch==2.13.0
+ORT ?= cpu
 endif
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -19,20 +24,24 @@ SHELL := /bin/bash
 QUIET := 2>&1 | { grep -v "is ignored: it is neither" || true; }
 PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
+ORT_OTHER := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
 .PHONY: install web-deps triton-deps demo test test-all bench clean
 
 install: $(STAMP)
 
+# Switching ONNX Runtime builds: both packages own the `onnxruntime` folder, so both go, then the
+# one wanted is installed.
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install "$(TORCH)" $(QUIET)
-	$(PIP) install -e ".[distill,dev]" $(QUIET)
+	if $(PY) -m pip show -q $(ORT_OTHER) >/dev/null 2>&1; then $(PIP) uninstall -y onnxruntime onnxruntime-gpu; fi
+	$(PIP) install -e ".[distill,dev,$(ORT)]" $(QUIET)
 	$(PY) -c "import torch, onnxruntime, runtime, distill"
 	touch $@
 
 demo: $(STAMP)
-	$(VENV)/bin/toonify-fast distill demo
+	$(VENV)/bin/toonify-fast distill demo $(if $(IMAGE),--image "$(IMAGE)")
 
 test: $(STAMP) web-deps triton-deps
 	$(PY) -m pytest -q

@@ -88,7 +88,19 @@ def demo(cfg: DemoConfig) -> None:
     from distill.demo import run_demo
     paths = run_demo(cfg)
     typer.echo(f"contact sheet: {paths['contact_sheet']}\nconverted photo: {paths['converted']}\n"
-               f"student model: {paths['model']}\nevaluation: {paths['eval']}\nteacher grid: {paths['grid']}")
+               f"student model: {paths['model']}\nevaluation: {paths['eval']}\nteacher grid: {paths['grid']}\n"
+               f"next: {own_command()} {paths['photo']}   (or any photo of yours)")
+
+
+def own_command() -> str:
+    """How to call toonify-fast again from here: its path when it is not on PATH (a .venv not activated)."""
+    import os
+    import shutil
+    import sys
+    exe, on_path = Path(sys.argv[0]), shutil.which("toonify-fast")
+    if exe.name != "toonify-fast" or "/" not in str(exe) or (on_path and Path(on_path).resolve() == exe.resolve()):
+        return "toonify-fast"
+    return os.path.relpath(exe)
 
 
 @command(app, TrainConfig)

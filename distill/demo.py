@@ -25,7 +25,7 @@ from distill.stylegan2 import Generator
 from distill.runs import load_student
 from distill.train import TrainConfig, train
 from runtime.common import ToonifyError, console, write_json_atomic
-from runtime.engine import Toonifier
+from runtime.engine import DEMO_KEY, Toonifier
 from runtime.images import image_grid, read_image, resize, write_image
 from runtime.options import setting
 from runtime.photos import ConvertConfig, convert_photos
@@ -38,8 +38,8 @@ class DemoConfig:
     output: Path = setting(Path("demo"), "Folder for the demo's teachers, pairs, run and contact sheet.",
                            flags=("-o", "--output", "--out"))
     model: Path = setting(Path("exports/demo.onnx"), "Where to export the demo student.")
-    image: Path | None = setting(None, "A photo to convert at the end (default: a public-domain portrait bundled "
-                                       "with scikit-image).")
+    image: Path | None = setting(None, "A photo to convert at the end, every face in it (default: a public-domain "
+                                       "portrait bundled with scikit-image). From make: make demo IMAGE=PHOTO.")
     res: int = setting(64, cli=False)           # the demo teacher's resolution
     pairs: int = setting(384, "Training pairs to render.")
     val_pairs: int = setting(16, cli=False)     # held-out pairs: evaluation and the contact sheet
@@ -72,18 +72,22 @@ def demo_teachers(res: int, seed: int) -> tuple[Generator, Generator]:
     return base.eval(), toon.eval()
 
 
+SHEET_ROWS = ("base (real)", "blended (toon)", "student")
+
+
 def contact_sheet(val_dir: Path, model: Path, photo: Path, converted: Path, dest: Path, n: int = 6) -> Path:
-    """Rows: teacher real | teacher toon | student on the real, for n held-out pairs; then the photo
-    and its conversion side by side."""
+    """Rows (labelled SHEET_ROWS): teacher real | teacher toon | student on the real, for n held-out
+    pairs; then the photo and its conversion side by side, labelled photo and toon."""
     names = sorted(p.name for p in (val_dir / "real").iterdir())[:n]
     real = [read_image(val_dir / "real" / name)[0] for name in names]
     toon = [read_image(val_dir / "toon" / name)[0] for name in names]
     student = list(Toonifier(model, provider="cpu").run(np.stack(real)))
-    grid = image_grid([real, toon, student], tile=128)
+    grid = image_grid([real, toon, student], tile=128, row_labels=list(SHEET_ROWS))
     width = grid.shape[1]
     before, after = read_image(photo)[0], read_image(converted)[0]
     h = round(before.shape[0] * (width / 2) / before.shape[1])
-    pair = np.concatenate([resize(i, width // 2, h) for i in (before, after)], axis=1)
+    pair = image_grid([[resize(i, width // 2, h) for i in (before, after)]], col_labels=["photo", "toon"])
+    pair = np.pad(pair, ((0, 0), (0, width - pair.shape[1]), (0, 0)), constant_values=255)
     sheet = np.concatenate([grid, np.full((8, width, 3), 255, np.uint8), pair], axis=0)
     return write_image(dest, sheet)
 
@@ -121,16 +125,19 @@ def run_demo(cfg: DemoConfig) -> dict:
     write_json_atomic(paths["eval"], report)
 
     console.print(f"5/6 export: {cfg.model}")
-    export_student(ExportConfig(student=student, output=cfg.model))
+    # The metadata marks the untrained student: the CLI says so whenever it falls back to it.
+    export_student(ExportConfig(student=student, output=cfg.model, extra_metadata=((DEMO_KEY, "1"),)))
 
-    photo = cfg.image or bundled_portrait()
-    paths["converted"] = out / f"{photo.stem}_toon.png"
-    console.print(f"6/6 toonify-fast {photo} -o {paths['converted']}")
+    source = cfg.image or bundled_portrait()
+    # The photo is kept (upright, as PNG) beside the results, so the README's next command has one to convert.
+    photo = paths["photo"] = write_image(out / "photo.png", *read_image(source))
+    paths["converted"] = out / "photo_toon.png"
+    console.print(f"6/6 toonify-fast {photo} (from {source})")
     summary = convert_photos(ConvertConfig(inputs=(str(photo),), output=paths["converted"], model=cfg.model,
-                                           provider="cpu", max_faces=1))
+                                           provider="cpu"))
     if summary.failed:
-        raise ToonifyError("the demo could not convert it: see the message above", photo,
-                           hint="pass another photo with --image PHOTO")
+        raise ToonifyError("the demo could not convert it: see the message above", source,
+                           hint="pass another photo: make demo IMAGE=PHOTO (or toonify-fast distill demo --image PHOTO)")
     paths["contact_sheet"] = contact_sheet(paths["pairs"] / "val", cfg.model, photo, paths["converted"],
                                            out / "contact_sheet.png")
     paths["run"] = result.run_dir

@@ -55,6 +55,7 @@ class ExportConfig:
     triton: Path | None = setting(None, "Also write a Triton Inference Server model repository here "
                                         "(NAME/config.pbtxt, NAME/1/model.onnx).")
     triton_name: str | None = setting(None, cli=False)   # model name in that repository (default: the output's stem)
+    extra_metadata: tuple[tuple[str, str], ...] = setting((), cli=False)   # more metadata_props, e.g. the demo's
     max_batch_size: int = setting(8, "Triton's max_batch_size for dynamic batching.")
     style: str | None = setting(None, "A conditioned student: fold this style into the model (one input, as fast "
                                       "as a plain student; default: keep the style and strength inputs).")
@@ -394,7 +395,8 @@ def export_student(cfg: ExportConfig) -> dict:
         exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         toonify_fast_version=runtime.__version__, precision=precision,
         styles=",".join(student.styles) if styles else "", default_strength=student.default_strength,
-        extra={"style": student.styles[fold[0]], "strength": str(fold[1])} if fold is not None else {})
+        extra={**dict(cfg.extra_metadata),
+               **({"style": student.styles[fold[0]], "strength": str(fold[1])} if fold is not None else {})})
 
     with tempfile.TemporaryDirectory() as tmp:
         graph_path = Path(tmp) / "student.onnx"

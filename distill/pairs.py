@@ -345,6 +345,11 @@ def write_sample_grid(cfg: SampleConfig) -> Path:
             raise UsageError("a strength sweep needs the base and at least one blend", hint="--network BASE --network BLENDED")
         networks = [interpolated(networks[0], G, s) for G in networks[1:] for s in cfg.strengths]
     grid = sample_grid(networks, list(cfg.seeds), cfg.psi, dev)
+    tile = grid.shape[0] // len(networks)
+    rows = [[grid[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] for c in range(len(cfg.seeds))]
+            for r in range(len(networks))]
+    grid = image_grid(rows, row_labels=[Path(p).stem for p in cfg.networks],
+                      col_labels=[f"seed {s}" for s in cfg.seeds])
     write_image(out, grid)
     console.print(f"{len(cfg.networks)} x {len(cfg.seeds)} grid ({grid.shape[1]}x{grid.shape[0]} px) -> {out}")
     return out

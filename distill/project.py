@@ -31,7 +31,7 @@ from distill.losses import vgg_features
 from distill.stylegan2 import LATENT_SPACE, Generator, architecture_difference
 from runtime.common import ToonifyError, UsageError, atomic_path, console, jsonable, progress, write_json_atomic
 from runtime.faces import FaceAligner
-from runtime.images import ImageError, hwc_to_nchw, nchw_to_hwc, read_image, resize, write_image
+from runtime.images import ImageError, hwc_to_nchw, image_grid, nchw_to_hwc, read_image, resize, write_image
 from runtime.options import setting
 from runtime.photos import expand_inputs, face_crops
 
@@ -300,12 +300,16 @@ def _loss_name(cfg: ProjectConfig) -> str:
     return "VGG16 LPIPS-style feature distance + pixel MSE" if cfg.vgg else "pixel MSE (--no-vgg)"
 
 
+COMPARE_COLUMNS = ("photo", "reconstruction", "teacher (projection + blend)", "student")
+
+
 def compare_files(cfg: CompareConfig) -> dict:
     """The student next to projection+blend on real photos.
 
     Projects every image (project_files, with its outputs), then runs the exported student through
     runtime.Toonifier on the aligned crop resized to the model's resolution S. Writes per image
-    NAME_compare.png, [S, 4S, 3]: aligned input | reconstruction | projection+blend toon | student
+    NAME_compare.png, four S x S columns under labels (COMPARE_COLUMNS): aligned input |
+    reconstruction | projection+blend toon | student
     (the teacher's images Lanczos-resized to S), then compare.json. Returns that report:
     {"results": [{image, side_by_side, psnr, ssim[, lpips], projection_seconds, student_ms,
     reconstruction_psnr} or {image, skipped}], "mean": {psnr, ssim[, lpips]}, ...}, scores of the
@@ -327,7 +331,7 @@ def compare_files(cfg: CompareConfig) -> dict:
         student = toonifier.run(crop[None])[0]
         student_ms = 1000 * (time.perf_counter() - start)
         sheet = write_image(proj.output / f"{Path(r['image']).stem}_compare.png",
-                            np.concatenate([crop, recon, toon, student], axis=1))
+                            image_grid([[crop, recon, toon, student]], col_labels=list(COMPARE_COLUMNS)))
         pair = unit(hwc_to_nchw(student)), unit(hwc_to_nchw(toon))
         scores = {"psnr": float(psnr(*pair)[0]), "ssim": float(ssim(*pair)[0])}
         if lpips_net is not None:

@@ -434,10 +434,11 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
         checkpoint(done)
         if run is not None:
             bar.stop()
+            bar = None      # stopped once: off a terminal every stop() writes another (blank) line
             finished = done >= cfg.steps
             run.log(f"{'finished' if finished else 'stopped'} at step {done} of {cfg.steps} after "
                     f"{(time.perf_counter() - began) / 60:.1f} min; run folder: {run.path}")
-            run.log(f"  export: toonify-fast distill export --student {run.path / 'student-ema.pt'} -o toonify.onnx"
+            run.log(f"  export: toonify-fast distill export --student {run.path / 'student-ema.pt'} -o exports/toonify.onnx"
                     if finished else f"  continue: toonify-fast distill train --resume {run.path}")
         if interrupted:
             raise Interrupted(f"stopped by a signal at step {done} of {cfg.steps}; the state is saved",

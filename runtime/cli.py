@@ -34,8 +34,16 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]})
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from runtime import __version__
+        typer.echo(f"toonify-fast {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _group() -> None:
+def _group(version: Annotated[bool, typer.Option("--version", help="Print the version and exit.", is_eager=True,
+                                                 callback=_print_version)] = False) -> None:
     """Keeps `toonify-fast` a command group whatever commands are registered."""
 
 
@@ -75,20 +83,25 @@ def convert(cfg: ConvertConfig) -> None:
 
 
 @app.command()
-def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx).", show_default=False)]) -> None:
-    """Print a model's metadata and the ONNX Runtime providers available here."""
+def info(model: Annotated[Path, typer.Argument(help="An exported model (.onnx).", show_default=False,
+                                               metavar="MODEL")]) -> None:
+    """Print a model's metadata, the ONNX Runtime providers that would start here, and what auto picks."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
     from runtime.common import printable
-    from runtime.engine import LABELS, ModelError, Toonifier, available_providers, read_model_info
+    from runtime.engine import LABELS, ModelError, Toonifier, provider_status, read_model_info
     meta = read_model_info(model).to_metadata()
     # Everything shown comes from the file: as plain text (a name may hold [/x]), control characters escaped.
     table = Table(title=Text(printable(str(model))), show_header=False)
     for key, value in meta.items():
         table.add_row(Text(printable(key)), Text(printable(value)))
-    table.add_row("providers here", ", ".join(LABELS[p] for p in available_providers()))
+    status = provider_status()
+    table.add_row("providers that start here", ", ".join(LABELS[p] for p, why in status.items() if not why))
+    missing = [f"{LABELS[p]} {why}" for p, why in status.items() if why]
+    if missing:
+        table.add_row("not here", Text(printable("; ".join(missing))))
     try:
         toonifier = Toonifier(model, "auto")
     except ModelError as e:

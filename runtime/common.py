@@ -340,8 +340,22 @@ def write_bytes_atomic(dest: str | os.PathLike, data: bytes) -> None:
         tmp.write_bytes(data)
 
 
+def json_text(obj) -> str:
+    """JSON indented by two with sorted keys, where a list of plain values (a report's per-frame
+    counts) stays on one line instead of one value a line."""
+    def dump(value, level: int) -> str:
+        pad = "  " * level
+        if isinstance(value, dict) and value:
+            items = sorted((str(k), v) for k, v in value.items())
+            return "{\n" + ",\n".join(f"{pad}  {json.dumps(k)}: {dump(v, level + 1)}" for k, v in items) + f"\n{pad}}}"
+        if isinstance(value, (list, tuple)) and any(isinstance(v, (dict, list, tuple)) for v in value):
+            return "[\n" + ",\n".join(f"{pad}  {dump(v, level + 1)}" for v in value) + f"\n{pad}]"
+        return json.dumps(value)
+    return dump(obj, 0) + "\n"
+
+
 def write_json_atomic(dest: str | os.PathLike, obj) -> None:
-    write_bytes_atomic(dest, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(dest, json_text(obj).encode())
 
 
 class _RateColumn(ProgressColumn):
@@ -360,6 +374,8 @@ def progress(unit: str = "it", transient: bool = False) -> Progress:
             task = bar.add_task("pairs", total=n)
             bar.advance(task)
     """
+    # Off a terminal (a log file, a pipe) rich cannot erase a transient bar and leaves a blank line
+    # in its place: there it is not shown at all.
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     _RateColumn(unit), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
-                    console=console, transient=transient)
+                    console=console, transient=transient, disable=transient and not console.is_terminal)

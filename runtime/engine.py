@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from runtime.common import ToonifyError, UsageError, note
 from runtime.images import hwc_to_nchw, nchw_to_hwc
@@ -36,12 +35,40 @@ SHORT_NAMES = {v: k for k, v in PROVIDERS.items()}
 LABELS = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
 BUILD_HINT = "build one with `make demo` (writes exports/demo.onnx) or `toonify-fast distill export ...`"
 DEFAULT_MODEL = Path("exports") / "toonify.onnx"
+DEMO_MODEL = Path("exports") / "demo.onnx"      # what `make demo` exports: the default until there is a real one
+DEMO_KEY = "demo"                               # metadata: "1" in the demo's untrained student
 MODEL_ENV = "TOONIFY_FAST_MODEL"
+ORT_HINT = "pip install 'toonify-fast[cpu]', or 'toonify-fast[gpu]' with an NVIDIA GPU (never both)"
+GPU_HINT = ("use --provider auto or cpu; a GPU needs an NVIDIA driver and the GPU build: "
+            "pip uninstall onnxruntime && pip install 'toonify-fast[gpu]'")
+
+
+def load_onnxruntime():
+    """The onnxruntime module, or a ToonifyError saying how to add it: the base install has
+    neither build, since only one of onnxruntime and onnxruntime-gpu may be installed."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ToonifyError("ONNX Runtime is not installed here (the base install has neither onnxruntime "
+                           "nor onnxruntime-gpu)", hint=ORT_HINT) from None
+    return onnxruntime
+
+
+try:
+    import onnxruntime as ort
+except ImportError:      # a base install: everything that runs a model calls load_onnxruntime() first
+    ort = None
+
+
+def _require_ort() -> None:
+    if ort is None:
+        load_onnxruntime()
 
 
 def model_setting():
     """The `model` setting of every converting command (photos, video)."""
-    return setting(None, f"Exported model (.onnx). Default: ${MODEL_ENV}, then {DEFAULT_MODEL}.", flags=("-m", "--model"))
+    return setting(None, f"Exported model (.onnx). Default: ${MODEL_ENV}, then {DEFAULT_MODEL}, then {DEMO_MODEL} "
+                         "(make demo's).", flags=("-m", "--model"))
 
 
 def provider_setting():
@@ -156,20 +183,29 @@ def _existing_model(path: str | os.PathLike) -> Path:
 
 
 def find_model(model: str | os.PathLike | None) -> Path:
-    """--model, then $TOONIFY_FAST_MODEL, then exports/toonify.onnx (relative to the working folder)."""
+    """--model, then $TOONIFY_FAST_MODEL, then exports/toonify.onnx, then exports/demo.onnx (both
+    relative to the working folder). The demo's untrained student is said so in one line."""
     env = os.environ.get(MODEL_ENV)
-    path = Path(model or env or DEFAULT_MODEL)
-    if not path.is_file():
-        source = ("--model" if model else f"${MODEL_ENV}" if env else
-                  f"the default when neither --model nor ${MODEL_ENV} is set")
-        raise UsageError(f"no such model file ({source})", path, hint=BUILD_HINT + ", then pass --model")
-    return path
+    if model or env:
+        path = Path(model or env)
+        if not path.is_file():
+            raise UsageError(f"no such model file ({'--model' if model else f'${MODEL_ENV}'})", path, hint=BUILD_HINT)
+        return path
+    if DEFAULT_MODEL.is_file():
+        return DEFAULT_MODEL
+    if DEMO_MODEL.is_file():
+        if read_model_info(DEMO_MODEL).extra.get(DEMO_KEY) == "1":
+            note(f"using the demo model {DEMO_MODEL} (untrained; export your own to {DEFAULT_MODEL})")
+        return DEMO_MODEL
+    raise UsageError(f"no such model file (the default when neither --model nor ${MODEL_ENV} is set; "
+                     f"{DEMO_MODEL} is missing too)", DEFAULT_MODEL, hint=BUILD_HINT + ", or pass --model")
 
 
 def _metadata_props(path: Path) -> dict[str, str]:
     try:
         import onnx
     except ImportError:
+        _require_ort()
         return _session(path, [PROVIDERS["cpu"]], _cpu_options(1)).get_modelmeta().custom_metadata_map
     try:
         # The weights are not needed; external data files (big models) are left unread.
@@ -199,6 +235,7 @@ def io_problem(shape: list, type_name: str, resolution: int) -> str:
 
 def available_providers() -> list[str]:
     """Short names ('tensorrt', 'cuda', 'cpu') of the providers this onnxruntime build lists."""
+    _require_ort()
     return [SHORT_NAMES[p] for p in ort.get_available_providers() if p in SHORT_NAMES]
 
 
@@ -271,6 +308,34 @@ def _session(path: Path, providers: list, options):
         raise ModelError(f"ONNX Runtime cannot load it: {first}", path) from None
 
 
+def nvidia_driver() -> bool:
+    """Whether an NVIDIA driver is installed (its CUDA driver library loads): without one no GPU
+    provider can start, whatever the onnxruntime build lists."""
+    try:
+        ctypes.CDLL("nvcuda.dll" if os.name == "nt" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+NO_DRIVER = "found no NVIDIA driver (libcuda.so.1 does not load)"
+
+
+def provider_status() -> dict[str, str]:
+    """Every provider -> '' where a session on it would start here, else why not. What `info` shows."""
+    built = available_providers()
+    driver = nvidia_driver()
+    status = {}
+    for name in PROVIDERS:
+        if name not in built:
+            status[name] = "is not in this onnxruntime build (it needs onnxruntime-gpu)"
+        elif name != "cpu" and not driver:
+            status[name] = NO_DRIVER
+        else:
+            status[name] = "" if name == "cpu" else _library_failure(name)
+    return status
+
+
 def _library_failure(name: str) -> str:
     """Why a GPU provider's shared library does not load here (e.g. a CUDA library missing), or ''."""
     stem = f"onnxruntime_providers_{name}"
@@ -288,6 +353,8 @@ def _open_session(path: Path, chain: list[str], options) -> tuple[object, dict[s
     built = available_providers()
     reasons = {n: "is not in this onnxruntime build (it needs onnxruntime-gpu)"
                for n in chain if n not in built}
+    if any(n != "cpu" and n not in reasons for n in chain) and not nvidia_driver():
+        reasons.update({n: NO_DRIVER for n in chain if n != "cpu" and n not in reasons})
     wanted = [n for n in chain if n not in reasons]
     if wanted != ["cpu"] and hasattr(ort, "preload_dlls"):
         with contextlib.redirect_stdout(io.StringIO()):
@@ -315,8 +382,11 @@ def _open_session(path: Path, chain: list[str], options) -> tuple[object, dict[s
 class Toonifier:
     """An ONNX Runtime session for one exported student.
 
-    provider: 'auto' | 'tensorrt' | 'cuda' | 'cpu'. When the session falls back to a slower provider
-    one console line says so and why; `.provider` is what the session really got.
+    provider: 'auto' | 'tensorrt' | 'cuda' | 'cpu'. 'auto' takes the best provider that starts; it
+    says in one line why a GPU provider did not start only where a GPU driver is present (on a
+    CPU-only machine the CPU is no fallback). A GPU provider asked for by name that cannot start
+    is a UsageError (exit status 2); TensorRT falling back to CUDA is a one-line warning.
+    `.provider` is what the session really got.
     threads: CPU intra-op threads (default: the physical cores). batch_size: images per session run
     (default 1 on CPU, where bigger batches gain nothing, 8 on a GPU).
     """
@@ -325,13 +395,20 @@ class Toonifier:
                  batch_size: int | None = None):
         self.path = _existing_model(model_path)
         chain = provider_chain(provider)
+        _require_ort()
         if provider == "auto":
-            # 'auto' means the best this build offers: only a provider that is built but fails is news.
-            chain = [n for n in chain if n in available_providers()]
+            # 'auto' means the best this machine offers: only a GPU provider that is built, with a
+            # driver to run on, and still fails is news.
+            driver = nvidia_driver()
+            chain = [n for n in chain if n in available_providers() and (n == "cpu" or driver)]
         self.session, self.fallbacks = _open_session(self.path, chain, _cpu_options(threads or physical_cores()))
         self.provider = SHORT_NAMES[self.session.get_providers()[0]]
+        if self.fallbacks and provider != "auto" and self.provider == "cpu":
+            raise UsageError(f"--provider {provider}: {LABELS[chain[0]]} cannot start here: {self.fallback_reason}",
+                             self.path, hint=GPU_HINT)
         if self.fallbacks:
-            note(f"running on {LABELS[self.provider]}, not {LABELS[chain[0]]}: {self.fallback_reason}")
+            note(f"running on {LABELS[self.provider]}, not {LABELS[chain[0]]}: {self.fallback_reason}",
+                 "note" if provider == "auto" else "warning")
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, self.path)
         self._check_io()
         self._check_condition_inputs()

@@ -100,10 +100,19 @@ def _read(source, path: Path, max_pixels: int | None) -> tuple[np.ndarray, np.nd
         raise ImageError(f"more than {cap / 1e6:.0f} MP, over the limit of {min(max_pixels or cap, cap) / 1e6:g} MP",
                          path, hint=PIXELS_HINT) from None
     except UnidentifiedImageError:
-        raise ImageError("not an image (or in a format Pillow cannot read)", path,
-                         hint="use JPEG, PNG, WebP or BMP") from None
+        raise ImageError("not an image (or in a format Pillow cannot read)", path, hint=_not_image_hint(path)) from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError(f"truncated or corrupt image ({e})", path) from None
+
+
+# Files that are videos: `toonify-fast IMAGE` points them to `toonify-fast video`.
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv")
+
+
+def _not_image_hint(path: Path) -> str:
+    if path.suffix.lower() in VIDEO_SUFFIXES:
+        return f"a video? convert it with: toonify-fast video {path} -o {path.stem}_toon.mp4"
+    return FORMATS_HINT
 
 
 def natural_key(path: Path) -> list:
@@ -182,7 +191,7 @@ def write_image(path: str | os.PathLike, rgb: np.ndarray, alpha: np.ndarray | No
     fmt = image_format(path)
     if fmt is None:
         raise ImageError(f"unknown image format {path.suffix or '(no extension)'!r}", path,
-                         hint="use .png, .jpg, .webp or .bmp")
+                         hint="use .png, .jpg, .webp, .bmp or .tif")
     im = Image.fromarray(np.ascontiguousarray(rgb, np.uint8))
     if alpha is not None and fmt in ALPHA_FORMATS:
         im.putalpha(Image.fromarray(np.ascontiguousarray(alpha, np.uint8)))
@@ -202,12 +211,58 @@ def resize(rgb: np.ndarray, width: int, height: int) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.Resampling.LANCZOS))
 
 
-def image_grid(rows: list[list[np.ndarray]], tile: int | None = None) -> np.ndarray:
+LABEL_PAD = 4          # pixels of white around a label's text
+
+
+def _label_font():
+    """PIL's default font and a function text -> (width, height) in it."""
+    from PIL import ImageDraw, ImageFont
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+
+    def size(text: str) -> tuple[int, int]:
+        _, _, right, bottom = measure.textbbox((0, 0), text, font=font)
+        return right, bottom
+    return font, size
+
+
+def grid_margins(row_labels: list[str] | None = None, col_labels: list[str] | None = None) -> tuple[int, int]:
+    """(left, top): where image_grid puts its first image with these labels (0, 0 without any)."""
+    _, size = _label_font()
+    left = max(size(t)[0] for t in row_labels) + 2 * LABEL_PAD if row_labels else 0
+    top = max(size(t)[1] for t in col_labels) + 2 * LABEL_PAD if col_labels else 0
+    return left, top
+
+
+def image_grid(rows: list[list[np.ndarray]], tile: int | None = None, row_labels: list[str] | None = None,
+               col_labels: list[str] | None = None) -> np.ndarray:
     """Rows of [H, W, 3] uint8 images (all the same size, or resized to tile x tile first) ->
-    one [len(rows) * H, cols * W, 3] uint8 grid: sample grids, training samples, contact sheets."""
+    one [len(rows) * H, cols * W, 3] uint8 grid: sample grids, training samples, contact sheets.
+
+    With `row_labels` (one per row) a white column on the left names each row; with `col_labels`
+    (one per column) a white band on top names each column; black text in PIL's default font.
+    Without labels the grid is the images alone, edge to edge.
+    """
     if tile is not None:
         rows = [[resize(image, tile, tile) for image in row] for row in rows]
-    return np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
+    if not row_labels and not col_labels:
+        return grid
+    for labels, count, what in ((row_labels, len(rows), "rows"), (col_labels, len(rows[0]), "columns")):
+        if labels and len(labels) != count:
+            raise ValueError(f"{len(labels)} labels for {count} {what}")
+    from PIL import ImageDraw
+    font, size = _label_font()
+    tile_h, tile_w = rows[0][0].shape[:2]
+    left, top = grid_margins(row_labels, col_labels)
+    sheet = Image.new("RGB", (left + grid.shape[1], top + grid.shape[0]), "white")
+    sheet.paste(Image.fromarray(grid), (left, top))
+    draw = ImageDraw.Draw(sheet)
+    for i, text in enumerate(row_labels or ()):
+        draw.text((LABEL_PAD, top + i * tile_h + (tile_h - size(text)[1]) // 2), text, fill="black", font=font)
+    for j, text in enumerate(col_labels or ()):
+        draw.text((left + j * tile_w + max((tile_w - size(text)[0]) // 2, 0), LABEL_PAD), text, fill="black", font=font)
+    return np.asarray(sheet)
 
 
 def hwc_to_nchw(images: np.ndarray) -> np.ndarray:

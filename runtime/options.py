@@ -109,10 +109,35 @@ def _parameter(f: dataclasses.Field, tp, meta: dict, argument: bool) -> tuple[in
     return inspect.Parameter(f.name, kind, default=default, annotation=Annotated[cli_type, info]), convert
 
 
+def plain_metavars() -> None:
+    """Help in the usual Unix form: `IMAGE...` for arguments (recent typer writes a required
+    argument as `{IMAGE}...` in the usage line and `IMAGE <list[str]>` in its help), and no value
+    after an option that takes none. Applied once, to typer's parameter classes, where they have
+    the methods this replaces (other typer versions are left as they are)."""
+    from typer import core
+    argument = getattr(core, "TyperArgument", None)
+    if argument is None or getattr(argument, "_plain_metavars", False):
+        return
+    if hasattr(argument, "_usage_display_name"):
+        def usage(self) -> str:
+            name = self.display_name_raw.upper()
+            return (name if self.required else f"[{name}]") + ("..." if self.nargs != 1 else "")
+        argument._usage_display_name = usage
+    if hasattr(argument, "_rich_display_name") and hasattr(argument, "display_type_rich"):
+        argument._rich_display_name = lambda self: self.display_name_raw.upper() + ("..." if self.nargs != 1 else "")
+        argument.display_type_rich = lambda self, ctx: None
+    option = getattr(core, "TyperOption", None)
+    if option is not None and hasattr(option, "display_type_rich"):
+        shown = option.display_type_rich
+        option.display_type_rich = lambda self, ctx: None if self.is_flag or self.count else shown(self, ctx)
+    argument._plain_metavars = True
+
+
 def command(app: typer.Typer, cls, *, name: str | None = None, arguments: tuple[str, ...] = (),
             **typer_kwargs) -> Callable:
     """Register the decorated function as a typer command whose options are `cls`'s fields; the
     function is called with `cfg=cls(**parsed)` and its own extra parameters."""
+    plain_metavars()
     hints = typing.get_type_hints(cls)
     options = field_options(cls)
 

@@ -40,7 +40,8 @@ class ConvertConfig:
     batch_size: int | None = batch_setting()
     max_faces: int | None = setting(None, "Convert at most this many faces per image, largest first (default: all).",
                                     min=1)
-    crop: bool = setting(False, "Write the aligned toon faces (IMAGE_toon_0.png, _1, ...) instead of the whole photo.")
+    crop: bool = setting(False, "Write the aligned toon faces instead of the whole photo: IMAGE_toon_0.png, _1, ... "
+                                "(with -o FILE.png: FILE_0.png, _1, ..., or FILE.png itself for a single face).")
     align: bool = setting(True, "Find and align the faces (--no-align: each image is already an aligned face: "
                                 "resize it to the model resolution, convert, resize back).")
     style: str | None = style_setting()
@@ -144,6 +145,14 @@ def plan_outputs(inputs: list[Path], output: Path | None) -> list[Path]:
     return dests
 
 
+def crop_names(dest: Path, faces: int, output: Path | None = None) -> list[Path]:
+    """Where --crop writes the faces of one photo whose output is `dest`: DEST_0.png, DEST_1.png, ...
+    one per face, except that a file named by -o (`output` is `dest`) holding one face is that file."""
+    if faces == 1 and output is not None and dest == output:
+        return [dest]
+    return [dest.with_name(f"{dest.stem}_{i}{dest.suffix}") for i in range(faces)]
+
+
 def face_crops(aligner: FaceAligner | None, rgb: np.ndarray, resolution: int,
                max_faces: int | None = None) -> tuple[list[Face] | None, list[np.ndarray]]:
     """The faces of an [H, W, 3] uint8 photo (largest first) and their aligned [R, R, 3] crops.
@@ -226,8 +235,8 @@ class _Converter:
 
     def finish(self, job: _Job, toons: list[np.ndarray]) -> None:
         if self.cfg.crop:
-            written = [self.write(job.dest.with_name(f"{job.dest.stem}_{i}{job.dest.suffix}"), t, None)
-                       for i, t in enumerate(toons)]
+            written = [self.write(dest, t, None) for dest, t in zip(crop_names(job.dest, len(toons), self.cfg.output),
+                                                                    toons)]
         else:
             written = [self.write(job.dest, compose(job.rgb, job.faces, toons), job.alpha)]
         self.summary.converted += 1

@@ -413,6 +413,7 @@ def convert_video(cfg: VideoConfig) -> dict:
         task = bar.add_task("toonifying", total=source.frames_hint)
         busy = run_stages(smoothed_quads(source, cfg, tracker, motion), toonifier, workers, sink, stats, cfg.crop,
                           lambda: bar.advance(task), cfg.style, strength_at)
+        bar.update(task, total=len(stats.faces))     # the hint was an estimate (--start/--end) or unknown
         if not stats.faces:
             trimmed = cfg.start is not None or cfg.end is not None
             raise VideoError("no frames to convert" + (" between --start and --end" if trimmed else ""), cfg.input,
@@ -426,6 +427,14 @@ def convert_video(cfg: VideoConfig) -> dict:
                   f"({max(stats.faces)} at most), {report['seconds']:.1f} s, "
                   f"{report['frames_per_second']:.1f} frames/s -> {escape(printable(str(cfg.output)))}", soft_wrap=True)
     return report
+
+
+def smoothing_name(cfg: VideoConfig) -> str:
+    """What smoothed the crop, as the report says it: 'none' for --sigma 0 (nothing to guide)."""
+    if not cfg.live and cfg.sigma == 0:
+        return "none (--sigma 0)"
+    return (("one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma} frames")
+            + (", guided by the face's measured motion" if cfg.guided else ""))
 
 
 def ratio(a: float | None, b: float | None) -> float | None:
@@ -442,8 +451,7 @@ def _report(cfg: VideoConfig, toonifier: Toonifier, workers: int, tracker: FaceT
         "input": str(cfg.input), "output": str(cfg.output), "model": str(cfg.model),
         "provider": toonifier.provider, "batch_size": toonifier.batch_size, "mode": "crop" if cfg.crop else "paste",
         "inference_runs_at_once": workers, "threads_per_run": cfg.threads or 1,
-        "smoothing": ("one-euro (causal)" if cfg.live else f"gaussian sigma={cfg.sigma} frames")
-                     + (", guided by the face's measured motion" if cfg.guided else ""),
+        "smoothing": smoothing_name(cfg),
         # How often the face's motion came from its pixels, and how often from its landmarks (unreliable
         # pixels); and how far the face moved, as a fraction of the crop side per frame: the crop
         # centre's frame-to-frame change (change_centre below) that following the face takes.

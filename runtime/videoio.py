@@ -68,11 +68,27 @@ class VideoReader:
             origin = c.start_time / av.time_base if c.start_time is not None else 0.0
             self.duration = c.duration / av.time_base if c.duration else None   # all streams, as the header says
             whole = start is None and end is None
-            self.frames_hint = min(filter(None, [s.frames if whole else None, max_frames]), default=None)
+            self.frames_hint = min(filter(None, [s.frames if whole else self._estimate(c, s, start, end),
+                                                 max_frames]), default=None)
         # Seconds on the input's own clock.
         self.first = origin + (start or 0.0)
         self.last = origin + end if end is not None else math.inf
         self.limited = False        # True once max_frames stopped a pass before the end of the stream
+
+    def _estimate(self, container, stream, start: float | None, end: float | None) -> int | None:
+        """About how many frames lie between start and end (from the duration and the frame rate), for
+        the progress bar; None when the duration is unknown."""
+        # On the input's clock, as first/last are: the video stream may begin after the container.
+        origin = container.start_time / av.time_base if container.start_time is not None else 0.0
+        begins = float(stream.start_time * stream.time_base) if stream.start_time is not None else origin
+        if stream.duration:
+            ends = begins + float(stream.duration * stream.time_base)
+        elif container.duration:
+            ends = origin + container.duration / av.time_base
+        else:
+            return None
+        seconds = min(origin + end if end is not None else ends, ends) - max(origin + (start or 0.0), begins)
+        return max(round(seconds * float(self.rate)), 0) or None
 
     def open(self):
         try:

@@ -19,3 +19,12 @@ def fixtures_dir() -> Path:
 def photos_dir() -> Path:
     assert PHOTOS.is_dir(), f"{PHOTOS} is missing: the tests need ../shared beside the clone"
     return PHOTOS
+
+
+def pytest_sessionstart(session):
+    """Without ../shared most tests cannot run: one message instead of a screen of errors."""
+    missing = [p for p in (FIXTURES, PHOTOS) if not p.is_dir()]
+    if missing:
+        pytest.exit(f"the tests need {SHARED} beside the clone (the shared fixtures and photos: "
+                    f"{', '.join(str(p.relative_to(SHARED)) + '/' for p in missing)} missing). Put the project's "
+                    f"shared folder there: {ROOT.name}/ and shared/ side by side.", returncode=4)

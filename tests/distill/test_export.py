@@ -35,7 +35,8 @@ def student_file(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def exported(student_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("exports")
-    report = export_student(ExportConfig(student=student_file, output=out / "toon.onnx", triton=out / "triton"))
+    report = export_student(ExportConfig(student=student_file, output=out / "toon.onnx", triton=out / "triton",
+                                         extra_metadata=(("demo", "1"),)))
     return out, report
 
 
@@ -52,6 +53,7 @@ def test_fp32_export_checks_parity_and_describes_itself(exported, student_file):
     assert info.teacher_base_sha256 == "a" * 64 and info.teacher_blended_sha256 == "b" * 64
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+00:00", info.exported_at)
     assert info.toonify_fast_version
+    assert info.extra == {"demo": "1"}       # extra_metadata (the demo marks its student so)
 
 
 def test_exported_model_runs_in_the_runtime_like_pytorch(exported, student_file):

@@ -17,7 +17,7 @@ from distill.device import resolve_device
 from distill.pairs import (PairsConfig, PairsError, generate_pairs, pair_latents, pair_seed, parse_seeds,
                            read_manifest, resolve_shard, seed_latents)
 from runtime.common import ToonifyError, UsageError
-from runtime.images import nchw_to_hwc
+from runtime.images import grid_margins, image_grid, nchw_to_hwc
 from tests.helpers import BASE, make_toon
 
 
@@ -161,8 +161,13 @@ def test_cli_sample_grid_rows_are_networks_and_columns_seeds(teachers, tmp_path)
                                       "--network", str(teachers["toon"]), "--seeds", "0-2,7", "--psi", "0.5",
                                       "-o", str(out)])
     assert result.exit_code == 0, result.output
-    grid = np.asarray(Image.open(out))
-    assert grid.shape == (3 * 32, 4 * 32, 3)
+    labelled = np.asarray(Image.open(out))
+    rows, cols = [BASE.stem, teachers["blended"].stem, teachers["toon"].stem], ["seed 0", "seed 1", "seed 2", "seed 7"]
+    left, top = grid_margins(rows, cols)
+    assert labelled.shape == (top + 3 * 32, left + 4 * 32, 3) and left > 8 and top > 8
+    assert np.array_equal(labelled, image_grid([[labelled[top + 32 * r:top + 32 * (r + 1), left + 32 * c:left + 32 * (c + 1)]
+                                                 for c in range(4)] for r in range(3)], row_labels=rows, col_labels=cols))
+    grid = labelled[top:, left:]
     base, toon = load_generator(BASE), load_generator(teachers["toon"])
     ws = base.mapping(seed_latents([7], 64), truncation_psi=0.5)   # w from the FIRST network's mapping
     assert np.array_equal(grid[64:, 96:], nchw_to_hwc(toon.synthesis(ws).numpy())[0])

@@ -15,10 +15,10 @@ from distill.evaluate import psnr
 from distill.export import ExportConfig, export_student
 from distill.losses import MissingWeightsError, find_vgg_weights
 from distill.pairs import seed_latents
-from distill.project import FeatureDistance, ProjectConfig, noise_maps, project_files, project_image
+from distill.project import COMPARE_COLUMNS, FeatureDistance, ProjectConfig, noise_maps, project_files, project_image
 from distill.runs import StudentInfo, save_student
 from distill.translator import PRESETS, build_generator
-from runtime.images import hwc_to_nchw, nchw_to_hwc, read_image, write_image
+from runtime.images import grid_margins, hwc_to_nchw, nchw_to_hwc, read_image, write_image
 from tests.conftest import PHOTOS
 from tests.helpers import BASE, fake_vgg_state, make_toon
 
@@ -127,8 +127,11 @@ def test_compare_on_a_real_photo_end_to_end(student_onnx, tmp_path):
                                       str(PHOTOS / "obama.jpg"), str(PHOTOS / "dogs.jpg")])
     assert result.exit_code == 1, result.output       # dogs.jpg has no human face: skipped, and said so
     assert result.stdout.strip() == str(out / "compare.json")
-    sheet, _ = read_image(out / "obama_compare.png")
-    assert sheet.shape == (32, 4 * 32, 3)
+    labelled, _ = read_image(out / "obama_compare.png")
+    left, top = grid_margins(col_labels=list(COMPARE_COLUMNS))
+    assert left == 0 and top > 8 and labelled.shape == (top + 32, 4 * 32, 3)
+    assert (labelled[:top] < 128).any() and (labelled[:top] > 128).any()   # black names on white
+    sheet = labelled[top:]
     report = json.loads((out / "compare.json").read_text())
     obama, dogs = report["results"]
     assert dogs == {"image": str(PHOTOS / "dogs.jpg"),

@@ -168,10 +168,10 @@ def test_info_prints_metadata_and_providers(tmp_path, model, capsys):
     assert code == 0
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
     assert rows["resolution"] == "64" and rows["preset"] == "test-invert" and rows["toonify_fast.format"] == "1"
-    assert "CPU" in rows["providers here"] and rows["auto runs on"].split()[0] in ("CPU", "CUDA")
+    assert "CPU" in rows["providers that start here"] and rows["auto runs on"].split()[0] in ("CPU", "CUDA")
     (tmp_path / "x.onnx").write_text("no")
     code, _, err = cli(capsys, "info", tmp_path / "x.onnx")
-    assert code == 2 and f"{tmp_path / 'x.onnx'}: not an ONNX model" in err
+    assert code == 2 and f"{tmp_path / 'x.onnx'}: not an ONNX model" in err       # a bad model is bad usage
     assert cli(capsys, "info", tmp_path / "y.onnx")[0] == 2
 
 
@@ -199,3 +199,72 @@ def test_distill_without_the_extra_says_how_to_install_it():
         in " ".join(out.stderr.split())
     assert "pip install 'toonify-fast[distill]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_version(capsys):
+    from runtime import __version__
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code in (0, None) and capsys.readouterr().out == f"toonify-fast {__version__}\n"
+
+
+def test_help_writes_arguments_as_unix_usage_does(capsys):
+    code, out, _ = cli(capsys, "convert", "--help")
+    assert code == 0 and "Usage: toonify-fast convert [OPTIONS] IMAGE...\n" in out
+    assert "\n  IMAGE...  Images, folders" in out and "{" not in out and "<list[str]>" not in out
+    assert "  --crop  " in out.replace("--crop                  ", "--crop  ") and "<bool>" not in out
+    assert "Usage: toonify-fast info [OPTIONS] MODEL\n" in cli(capsys, "info", "--help")[1]
+    assert "Usage: toonify-fast video [OPTIONS] SOURCE\n" in cli(capsys, "video", "--help")[1]
+
+
+def test_crop_with_an_output_file_and_one_face_writes_that_file(tmp_path, model, photos_dir, capsys):
+    code, _, err = cli(capsys, photos_dir / "obama.jpg", "--crop", "-o", tmp_path / "face.png", "-m", model)
+    assert code == 0 and sorted(p.name for p in tmp_path.iterdir()) == ["face.png"]
+    rgb, _ = read_image(photos_dir / "obama.jpg")
+    np.testing.assert_array_equal(load(tmp_path / "face.png"), 255 - align(rgb, FaceAligner().detect(rgb)[0].quad, 64))
+    code, _, err = cli(capsys, photos_dir / "two_people.jpg", "--crop", "-o", tmp_path / "two" / "faces.png", "-m", model)
+    assert code == 0 and sorted(p.name for p in (tmp_path / "two").iterdir()) == ["faces_0.png", "faces_1.png"]
+
+
+def test_a_video_as_a_photo_points_to_the_video_command(tmp_path, model, capsys):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    code, _, err = cli(capsys, clip, "-m", model)
+    assert code == 1 and f"hint: a video? convert it with: toonify-fast video {clip} -o clip_toon.mp4" in err
+
+
+def test_a_model_that_is_not_onnx_is_exit_2(tmp_path, photos_dir, capsys):
+    (tmp_path / "bad.onnx").write_text("not a model")
+    code, _, err = cli(capsys, photos_dir / "obama.jpg", "-m", tmp_path / "bad.onnx", "-o", tmp_path)
+    assert code == 2 and err.startswith(f"error: {tmp_path / 'bad.onnx'}: ONNX Runtime cannot load it: ")
+
+
+def test_info_shows_what_starts_here(model, capsys):
+    code, out, _ = cli(capsys, "info", model)
+    assert code == 0
+    from runtime.engine import LABELS, provider_status
+    status = provider_status()
+    starts = ", ".join(LABELS[p] for p, why in status.items() if not why)
+    assert " ".join(f"providers that start here │ {starts}".split()) in " ".join(out.split())
+    assert ("not here" in out) == any(status.values())
+
+
+def readme_python() -> str:
+    """The README's Python snippet (the first ```python block)."""
+    text = (ROOT / "README.md").read_text()
+    return text.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_readme_python_snippet_runs_as_printed(tmp_path, model, photos_dir):
+    (tmp_path / "exports").mkdir()
+    shutil.copy(model, tmp_path / "exports" / "toonify.onnx")
+    shutil.copy(photos_dir / "obama.jpg", tmp_path / "photo.jpg")
+    code = readme_python()
+    assert "read_image(" in code and "rgb" in code.split("read_image(")[0]     # rgb is defined before use
+    out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                         env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    toon = read_image(tmp_path / "photo_toon.png")[0]
+    rgb = read_image(tmp_path / "photo.jpg")[0]
+    assert toon.shape == rgb.shape and not np.array_equal(toon, rgb)
+    assert out.stdout == "1 face(s) -> photo_toon.png\n"

@@ -165,3 +165,11 @@ def test_the_default_format_is_only_for_outputs_written_in_place(tmp_path):
     assert output_suffix(tmp_path / "new", ".png") == "" and output_suffix(tmp_path / "n.jpg", ".png") == ".jpg"
     (tmp_path / "plain").write_bytes(b"")
     assert not written_in_place(tmp_path / "plain") and not written_in_place(tmp_path)
+
+
+def test_a_transient_bar_off_a_terminal_writes_nothing(capsys):
+    """Off a terminal rich would leave a blank line where a transient bar was (train and eval showed two)."""
+    from runtime.common import progress
+    with progress("pairs", transient=True) as bar:
+        bar.advance(bar.add_task("checking", total=2))
+    assert capsys.readouterr().err == ""

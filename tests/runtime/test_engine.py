@@ -131,36 +131,93 @@ def test_provider_names(monkeypatch):
     assert e.value.exit_code == 2 and str(e.value) == "unknown provider 'gpu'\n  hint: choose one of tensorrt, cuda, cpu, auto"
 
 
-def test_cuda_request_falls_back_in_one_line(tmp_path, capfd):
-    toonifier = Toonifier(build_model(tmp_path / "m.onnx"), provider="cuda")
-    err = capfd.readouterr().err            # file descriptor 2: ORT's own C++ log would show here
-    assert toonifier.provider == toonifier.session.get_providers()[0].removesuffix("ExecutionProvider").lower()
-    if toonifier.provider == "cpu":        # this machine: no CUDA libraries
-        assert err.count("\n") == 1 and err.startswith("note: running on CPU, not CUDA: CUDA ")
-        assert toonifier.fallback_reason in err and "EP Error" not in err and "[E:" not in err
+def test_cuda_request_that_cannot_start_is_a_usage_error(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(engine, "nvidia_driver", lambda: False)
+    path = build_model(tmp_path / "m.onnx")
+    with pytest.raises(UsageError) as e:
+        Toonifier(path, provider="cuda")
+    cuda = "found no NVIDIA driver (libcuda.so.1 does not load)" if "cuda" in engine.available_providers() else \
+        "is not in this onnxruntime build (it needs onnxruntime-gpu)"
+    assert e.value.exit_code == 2 and str(e.value) == (
+        f"{path}: --provider cuda: CUDA cannot start here: CUDA {cuda}\n  hint: use --provider auto or cpu; a GPU "
+        "needs an NVIDIA driver and the GPU build: pip uninstall onnxruntime && pip install 'toonify-fast[gpu]'")
+    out, err = capfd.readouterr()               # file descriptor 2: ORT's own C++ log would show here
+    assert out == "" and err == ""
+
+
+def test_cuda_request_on_this_machine_runs_or_says_why(tmp_path, capfd):
+    """This machine as it is: CUDA starts (a GPU machine) or the request is refused with the reason."""
+    try:
+        toonifier = Toonifier(build_model(tmp_path / "m.onnx"), provider="cuda")
+    except UsageError as e:
+        assert e.reason.startswith("--provider cuda: CUDA cannot start here: CUDA ") and "EP Error" not in str(e)
+        assert capfd.readouterr() == ("", "")
     else:
-        assert err == "" and toonifier.fallbacks == {}
+        assert toonifier.provider == "cuda" and toonifier.fallbacks == {}
+
+
+def test_auto_without_a_driver_says_nothing(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(engine, "nvidia_driver", lambda: False)
+    monkeypatch.setenv("TOONIFY_FAST_TENSORRT", "1")
+    toonifier = Toonifier(build_model(tmp_path / "m.onnx"), provider="auto")
+    assert toonifier.provider == "cpu" and toonifier.fallbacks == {}
+    assert capfd.readouterr() == ("", "")       # a CPU-only machine: the CPU is no fallback
     np.testing.assert_array_equal(toonifier.run(images(2)), 255 - images(2))
 
 
-def test_tensorrt_fallback_prints_nothing_but_the_note(tmp_path, capfd, monkeypatch):
-    monkeypatch.setenv("TOONIFY_FAST_TENSORRT", "1")
+def test_auto_with_a_driver_says_why_the_gpu_did_not_start(tmp_path, capfd, monkeypatch):
+    monkeypatch.setattr(engine, "nvidia_driver", lambda: True)
+    monkeypatch.setattr(engine.ort, "get_available_providers",
+                        lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     toonifier = Toonifier(build_model(tmp_path / "m.onnx"), provider="auto")
     out, err = capfd.readouterr()
-    assert out == ""                        # ORT's own fallback prints "EP Error" banners to stdout
-    if toonifier.provider != "tensorrt":
-        assert err.count("\n") == 1 and err.startswith("note: running on ") and ", not TensorRT: TensorRT " in err
+    if toonifier.provider == "cpu":        # the driver is pretended: CUDA's libraries or device are missing
+        assert out == "" and err.count("\n") == 1 and err.startswith("note: running on CPU, not CUDA: CUDA ")
+        assert toonifier.fallback_reason in err and "EP Error" not in err and "[E:" not in err
 
 
 def test_provider_missing_from_the_build_is_named(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(engine.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
-    toonifier = Toonifier(build_model(tmp_path / "m.onnx"), provider="tensorrt")
-    assert toonifier.provider == "cpu"
-    assert capsys.readouterr().err == ("note: running on CPU, not TensorRT: TensorRT is not in this onnxruntime "
-                                       "build (it needs onnxruntime-gpu); CUDA is not in this onnxruntime build "
-                                       "(it needs onnxruntime-gpu)\n")
+    with pytest.raises(UsageError) as e:
+        Toonifier(build_model(tmp_path / "m.onnx"), provider="tensorrt")
+    assert e.value.reason == ("--provider tensorrt: TensorRT cannot start here: TensorRT is not in this onnxruntime "
+                              "build (it needs onnxruntime-gpu); CUDA is not in this onnxruntime build "
+                              "(it needs onnxruntime-gpu)")
     assert Toonifier(build_model(tmp_path / "m.onnx"), provider="auto").provider == "cpu"
     assert capsys.readouterr().err == ""       # 'auto' on a CPU-only build is no news
+
+
+def test_provider_status_says_what_would_start(monkeypatch):
+    monkeypatch.setattr(engine, "nvidia_driver", lambda: False)
+    monkeypatch.setattr(engine.ort, "get_available_providers",
+                        lambda: ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert engine.provider_status() == {"tensorrt": "found no NVIDIA driver (libcuda.so.1 does not load)",
+                                        "cuda": "found no NVIDIA driver (libcuda.so.1 does not load)", "cpu": ""}
+    monkeypatch.setattr(engine.ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert engine.provider_status() == {"tensorrt": "is not in this onnxruntime build (it needs onnxruntime-gpu)",
+                                        "cuda": "is not in this onnxruntime build (it needs onnxruntime-gpu)", "cpu": ""}
+
+
+def test_without_onnxruntime_the_error_says_how_to_add_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)        # what `import onnxruntime` meets in a base install
+    with pytest.raises(ToonifyError) as e:
+        engine.load_onnxruntime()
+    assert str(e.value) == ("ONNX Runtime is not installed here (the base install has neither onnxruntime nor "
+                            "onnxruntime-gpu)\n  hint: pip install 'toonify-fast[cpu]', or 'toonify-fast[gpu]' "
+                            "with an NVIDIA GPU (never both)")
+
+
+def test_the_command_without_onnxruntime_is_one_error(tmp_path):
+    import subprocess
+    code = ("import sys; sys.modules['onnxruntime'] = None; sys.modules['onnx'] = None; "
+            "from runtime.cli import main; main(sys.argv[1:])")
+    model = build_model(tmp_path / "m.onnx")
+    out = subprocess.run([sys.executable, "-c", code, "info", str(model)], capture_output=True, text=True,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(engine.Path(engine.__file__).parents[1])})
+    assert out.returncode == 1 and out.stdout == ""
+    assert out.stderr == ("error: ONNX Runtime is not installed here (the base install has neither onnxruntime nor "
+                          "onnxruntime-gpu)\n  hint: pip install 'toonify-fast[cpu]', or 'toonify-fast[gpu]' with an "
+                          "NVIDIA GPU (never both)\n")
 
 
 @pytest.mark.gpu
@@ -173,3 +230,37 @@ def test_gpu_providers_run_exactly_and_report_themselves(tmp_path, provider, lab
     assert engine.provider == label and not engine.fallbacks
     faces = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     np.testing.assert_array_equal(np.stack(engine.run(faces)), 255 - faces)
+
+
+def demo_metadata(demo: bool = True) -> dict:
+    info = ModelInfo(input_name="input", output_name="output", resolution=32, extra={"demo": "1"} if demo else {})
+    return info.to_metadata()
+
+
+def test_the_default_model_is_toonify_then_the_demo_model_said_once(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("TOONIFY_FAST_MODEL", raising=False)
+    with pytest.raises(UsageError) as e:
+        engine.find_model(None)
+    assert e.value.exit_code == 2 and str(e.value) == (
+        "exports/toonify.onnx: no such model file (the default when neither --model nor $TOONIFY_FAST_MODEL is "
+        "set; exports/demo.onnx is missing too)\n  hint: build one with `make demo` (writes exports/demo.onnx) "
+        "or `toonify-fast distill export ...`, or pass --model")
+    (tmp_path / "exports").mkdir()
+    build_model(tmp_path / "exports" / "demo.onnx", metadata=demo_metadata())
+    assert engine.find_model(None) == engine.Path("exports/demo.onnx")
+    assert capsys.readouterr().err == ("note: using the demo model exports/demo.onnx (untrained; export your own "
+                                       "to exports/toonify.onnx)\n")
+    build_model(tmp_path / "exports" / "demo.onnx", metadata=demo_metadata(demo=False))
+    assert engine.find_model(None) == engine.Path("exports/demo.onnx") and capsys.readouterr().err == ""
+    build_model(tmp_path / "exports" / "toonify.onnx")
+    assert engine.find_model(None) == engine.Path("exports/toonify.onnx") and capsys.readouterr().err == ""
+    monkeypatch.setenv("TOONIFY_FAST_MODEL", "exports/demo.onnx")
+    assert engine.find_model(None) == engine.Path("exports/demo.onnx")
+    assert engine.find_model("exports/toonify.onnx") == engine.Path("exports/toonify.onnx")
+    with pytest.raises(UsageError, match=r"^elsewhere.onnx: no such model file \(--model\)"):
+        engine.find_model("elsewhere.onnx")
+
+
+def test_a_model_that_is_not_ours_is_a_usage_error():
+    assert issubclass(ModelError, UsageError) and ModelError("x").exit_code == 2

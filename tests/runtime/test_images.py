@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime.images import ImageError, hwc_to_nchw, nchw_to_hwc, read_image, write_image
+from runtime.images import ImageError, grid_margins, hwc_to_nchw, image_grid, nchw_to_hwc, read_image, write_image
 
 
 def test_conversion_round_trip_is_exact():
@@ -149,3 +149,37 @@ def test_write_refuses_unknown_formats_and_reports_unwritable_places(tmp_path):
     with pytest.raises(ImageError) as e:
         write_image(tmp_path / "file" / "x.png", stripes())
     assert e.value.reason.startswith("cannot write it") and e.value.path == str(tmp_path / "file" / "x.png")
+
+
+def test_a_video_given_as_an_image_points_to_the_video_command(tmp_path):
+    clip = tmp_path / "clip.mp4"
+    clip.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(64))
+    with pytest.raises(ImageError) as e:
+        read_image(clip)
+    assert str(e.value) == (f"{clip}: not an image (or in a format Pillow cannot read)\n"
+                            f"  hint: a video? convert it with: toonify-fast video {clip} -o clip_toon.mp4")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ImageError) as e:
+        read_image(tmp_path / "notes.txt")
+    assert e.value.hint == "use JPEG, PNG, WebP, BMP or TIFF"      # TIFF is read too (IMAGE_SUFFIXES)
+
+
+def tiles(n, size=16):
+    return [np.full((size, size, 3), 40 * (i + 1), np.uint8) for i in range(n)]
+
+
+def test_image_grid_labels_rows_and_columns():
+    rows = [tiles(3), tiles(3)[::-1]]
+    plain = image_grid(rows)
+    assert plain.shape == (32, 48, 3) and np.array_equal(plain[:16, 16:32], rows[0][1])
+    labels = dict(row_labels=["base", "toon"], col_labels=["seed 0", "seed 1", "seed 2"])
+    grid = image_grid(rows, **labels)
+    left, top = grid_margins(**labels)
+    assert left > 20 and top > 8 and grid.shape == (top + 32, left + 48, 3)
+    assert np.array_equal(grid[top:, left:], plain)                # the images are untouched
+    assert (grid[:top, left:] < 100).any() and (grid[top:, :left] < 100).any()     # the names, in black
+    assert (grid[:top, :left - 2] == 255).all()                    # on white (antialiasing may touch the edge)
+    assert grid_margins(row_labels=["base"]) == (left, 0) and grid_margins() == (0, 0)
+    assert np.array_equal(image_grid(rows, row_labels=["base", "toon"])[:, left:], plain)
+    with pytest.raises(ValueError, match="2 labels for 3 columns"):
+        image_grid(rows, col_labels=["a", "b"])

@@ -5,6 +5,7 @@ import json
 import av
 import pytest
 
+from runtime.common import json_text
 from tests.helpers import build_model, cli, fifo, is_fifo, is_null_device, move_temp_folder, null_device
 
 
@@ -86,7 +87,7 @@ def test_video_report_into_a_device_and_a_pipe(tmp_path, temp_folder, clip, mode
         assert video(capsys, clip, model, tmp_path / "b.mp4", "--report", tmp_path / "report.json")[0] == 0
         data = received()
     report = json.loads(data)
-    assert data == (json.dumps(report, indent=2, sort_keys=True) + "\n").encode()   # all of it, as a file holds it
+    assert data == json_text(report).encode()   # all of it, as a file holds it
     assert report["frames"] == 6 and report["output"] == str(tmp_path / "b.mp4")
     assert is_fifo(tmp_path / "report.json") and list(temp_folder.iterdir()) == []
 

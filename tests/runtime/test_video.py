@@ -16,8 +16,9 @@ from runtime.common import ToonifyError
 from runtime.engine import Toonifier, physical_cores
 from runtime.faces import FaceAligner
 from runtime.tracking import params_quad
-from runtime.video import FrameStats, VideoConfig, convert_video, crop_track, default_output, run_stages
-from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoWriter
+from runtime.video import (FrameStats, VideoConfig, convert_video, crop_track, default_output, run_stages,
+                           smoothing_name)
+from runtime.videoio import FolderReader, FolderWriter, Frame, VideoError, VideoReader, VideoWriter
 from runtime.stability import against_truth, codec_drift, moving_face_clip
 from tests.helpers import build_model
 
@@ -239,7 +240,7 @@ def test_cli_sigma_zero_turns_smoothing_off(tmp_path, clip, model):
               "--sigma", "0", "--no-guide", "--start", "3.5", "--max-frames", "20", "--report", str(report)])
     assert exit_.value.code == 0
     data = json.loads(report.read_text())
-    assert data["smoothing"] == "gaussian sigma=0.0 frames"
+    assert data["smoothing"] == "none (--sigma 0)"
     assert data["crop_motion"]["smoothed"] == data["crop_motion"]["raw"]
     assert data["crop_motion"]["smoothing_offset"]["max"] == 0
 
@@ -461,3 +462,26 @@ def test_interrupted_run_leaves_no_output(tmp_path, clip, model, monkeypatch, wh
     assert calls["n"] == 3 if where != "inference" else calls["n"] >= 3
     assert list((tmp_path / "out").iterdir()) == []          # nothing, not even a .partial file
     assert not [t for t in threading.enumerate() if t.name.startswith("toonify-video")]   # all stopped
+
+
+def test_a_part_of_a_video_knows_about_how_many_frames_it_has(clip):
+    """The progress bar's total with --start/--end (it read "120/?" without one)."""
+    for start, end in [(None, None), (1.0, 3.0), (2.0, None), (None, 1.5), (0.5, 100.0)]:
+        reader = VideoReader(clip, start, end)
+        assert reader.frames_hint == sum(1 for _ in reader.frames()), (start, end)
+    assert VideoReader(clip, 100.0).frames_hint is None        # past the end: nothing to count
+
+
+def test_sigma_0_reports_no_smoothing_and_the_report_keeps_lists_on_a_line(tmp_path, clip, model, capsys):
+    assert smoothing_name(VideoConfig(input=clip, sigma=0)) == "none (--sigma 0)"
+    assert smoothing_name(VideoConfig(input=clip)) == "gaussian sigma=6.0 frames, guided by the face's measured motion"
+    assert smoothing_name(VideoConfig(input=clip, live=True, guided=False)) == "one-euro (causal)"
+    report = tmp_path / "report.json"
+    with pytest.raises(SystemExit) as exit_:
+        main(["video", str(clip), "-o", str(tmp_path / "out.mp4"), "-m", str(model), "--provider", "cpu",
+              "--sigma", "0", "--max-frames", "12", "--report", str(report)])
+    assert exit_.value.code == 0
+    text = report.read_text()
+    data = json.loads(text)
+    assert data["smoothing"] == "none (--sigma 0)" and len(data["faces_per_frame"]) == 12
+    assert f'"faces_per_frame": {json.dumps(data["faces_per_frame"])},\n' in text
