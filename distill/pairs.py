@@ -299,15 +299,20 @@ def _check_same_latent_space(networks: list[Generator], names: list[str]) -> Non
                              hint="use networks of one architecture (a base and its blends or fine-tunes)")
 
 
-def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device: torch.device) -> np.ndarray:
-    """[rows*R, cols*R, 3] uint8: row r from networks[r], column c from seeds[c].
+def sample_rows(networks: list[Generator], seeds: list[int], psi: float, device: torch.device) -> list[list[np.ndarray]]:
+    """Row r from networks[r], column c from seeds[c]: [R, R, 3] uint8 images.
 
     w comes from the FIRST network's mapping (truncated towards its w_avg); the same w+ goes into
     every synthesis with its stored const noise, so the rows differ only by their synthesis weights
     (and noise constants, which a blend takes from its base).
     """
     ws = map_latents(networks[0], seed_latents(seeds, networks[0].z_dim).to(device), psi)
-    return image_grid([list(nchw_to_hwc(synthesize(G, ws).cpu().numpy())) for G in networks])
+    return [list(nchw_to_hwc(synthesize(G, ws).cpu().numpy())) for G in networks]
+
+
+def sample_grid(networks: list[Generator], seeds: list[int], psi: float, device: torch.device) -> np.ndarray:
+    """[rows*R, cols*R, 3] uint8, unlabelled: sample_rows as one image."""
+    return image_grid(sample_rows(networks, seeds, psi, device))
 
 
 def interpolated(base: Generator, blended: Generator, strength: float) -> Generator:
@@ -340,15 +345,13 @@ def write_sample_grid(cfg: SampleConfig) -> Path:
     dev = resolve_device(cfg.device)
     networks = [load_generator(p, device=dev) for p in cfg.networks]
     _check_same_latent_space(networks, [str(p) for p in cfg.networks])
+    labels = [Path(p).stem for p in cfg.networks]
     if cfg.strengths is not None:
         if len(networks) < 2:
             raise UsageError("a strength sweep needs the base and at least one blend", hint="--network BASE --network BLENDED")
+        labels = [f"{name} s={s:g}" for name in labels[1:] for s in cfg.strengths]
         networks = [interpolated(networks[0], G, s) for G in networks[1:] for s in cfg.strengths]
-    grid = sample_grid(networks, list(cfg.seeds), cfg.psi, dev)
-    tile = grid.shape[0] // len(networks)
-    rows = [[grid[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] for c in range(len(cfg.seeds))]
-            for r in range(len(networks))]
-    grid = image_grid(rows, row_labels=[Path(p).stem for p in cfg.networks],
+    grid = image_grid(sample_rows(networks, list(cfg.seeds), cfg.psi, dev), row_labels=labels,
                       col_labels=[f"seed {s}" for s in cfg.seeds])
     write_image(out, grid)
     console.print(f"{len(cfg.networks)} x {len(cfg.seeds)} grid ({grid.shape[1]}x{grid.shape[0]} px) -> {out}")

@@ -16,7 +16,7 @@ from distill.pairs import (PairsConfig, PairsError, SampleConfig, generate_pairs
 from distill.runs import load_student
 from distill.train import TrainConfig, train
 from runtime.engine import Toonifier, read_model_info
-from runtime.images import hwc_to_nchw, nchw_to_hwc, read_image
+from runtime.images import grid_margins, hwc_to_nchw, nchw_to_hwc, read_image
 from tests.helpers import BASE, make_recoloured_toon
 
 STYLES = ("lowres", "highres")
@@ -101,9 +101,12 @@ def test_pairs_config_refuses_styles_that_make_no_sense(styles, tmp_path, kwargs
 def test_sample_shows_a_strength_sweep_that_starts_at_the_base(styles, tmp_path):
     out = write_sample_grid(SampleConfig(networks=(BASE, styles[0][1]), output=tmp_path / "sweep.png", seeds=(3,),
                                          strengths=(0.0, 1.0), device="cpu"))
-    # Strength 0 is the base's own image, strength 1 the blend's.
+    # Strength 0 is the base's own image, strength 1 the blend's (the rows' labels are to the left).
     expected = sample_grid([load_generator(BASE), load_generator(styles[0][1])], [3], 0.7, torch.device("cpu"))
-    np.testing.assert_array_equal(read_image(out)[0], expected)
+    name = styles[0][1].stem
+    left, top = grid_margins(row_labels=[f"{name} s=0", f"{name} s=1"], col_labels=["seed 3"])
+    got = read_image(out)[0]
+    np.testing.assert_array_equal(got[top:top + expected.shape[0], left:left + expected.shape[1]], expected)
 
 
 # ---- the conditioned student ----
