@@ -15,6 +15,7 @@ import asyncio
 import bisect
 import collections
 import concurrent.futures
+import functools
 import threading
 from dataclasses import dataclass
 from typing import Callable
@@ -93,12 +94,16 @@ class Metrics:
 class _Item:
     crops: list[np.ndarray]
     future: asyncio.Future
+    style: str | None = None          # a conditioned model's style (None: a one-input model): one a run
+    strength: float = 1.0             # and its strength, one a face
 
 
 class Batcher:
-    """Runs `run([N, R, R, 3] uint8) -> [N, R, R, 3] uint8` on the faces of many requests at once."""
+    """Runs `run([N, R, R, 3] uint8, style=..., strength=[N]) -> [N, R, R, 3] uint8` (Toonifier.run)
+    on the faces of many requests at once; requests of one style share a run, each face keeps its
+    request's strength."""
 
-    def __init__(self, run: Callable[[np.ndarray], np.ndarray], max_batch: int, max_wait: float, workers: int,
+    def __init__(self, run: Callable[..., np.ndarray], max_batch: int, max_wait: float, workers: int,
                  metrics: Metrics):
         self.run, self.max_batch, self.max_wait, self.metrics = run, max_batch, max_wait, metrics
         self.queue: asyncio.Queue[_Item] = asyncio.Queue()
@@ -119,9 +124,9 @@ class Batcher:
         await asyncio.gather(*self.running, return_exceptions=True)
         self.pool.shutdown(wait=True)
 
-    async def submit(self, crops: list[np.ndarray]) -> np.ndarray:
+    async def submit(self, crops: list[np.ndarray], style: str | None = None, strength: float = 1.0) -> np.ndarray:
         """The toons of one request's crops, in order; raises what the engine raised."""
-        item = _Item(crops, asyncio.get_running_loop().create_future())
+        item = _Item(crops, asyncio.get_running_loop().create_future(), style, strength)
         self.metrics.waiting_faces += len(crops)
         self.queue.put_nowait(item)
         try:
@@ -155,7 +160,7 @@ class Batcher:
                 if item.future.done():
                     self.metrics.waiting_faces -= len(item.crops)
                     continue
-                if batch and faces + len(item.crops) > self.max_batch:
+                if batch and (faces + len(item.crops) > self.max_batch or item.style != batch[0].style):
                     self.held = item
                     break
                 batch.append(item)
@@ -174,8 +179,14 @@ class Batcher:
             if not batch:
                 return
             crops = np.stack([c for item in batch for c in item.crops])
+            condition = {}
+            if batch[0].style is not None:          # a conditioned model: one style a run, a strength a face
+                condition = {"style": batch[0].style,
+                             "strength": np.concatenate([np.full(len(item.crops), item.strength, np.float32)
+                                                         for item in batch])}
             try:
-                toons = await asyncio.get_running_loop().run_in_executor(self.pool, self.run, crops)
+                toons = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, functools.partial(self.run, crops, **condition))
             except Exception as e:
                 for item in batch:
                     if not item.future.done():

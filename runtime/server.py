@@ -5,8 +5,8 @@ batched across clients before the engine, and the browser page of `toonify-fast 
     curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' localhost:8000/v1/toonify -o toon.png
 
 Endpoints: `POST /v1/toonify` (an image as the body or as a multipart file; query parameters
-`crop`, `align`, `max_faces`, `format` (png, jpeg, webp), `strength` where the model has a
-strength control) answers the toon image with the faces found as JSON in the `X-Faces` header;
+`crop`, `align`, `max_faces`, `format` (png, jpeg, webp), `style` and `strength` where the model
+has them: requests of one style share engine runs, each face at its request's strength) answers the toon image with the faces found as JSON in the `X-Faces` header;
 `GET /healthz`; `GET /metrics` (Prometheus text); the site folder, when given, at `/` with the
 cross-origin isolation headers WASM threads need and its precompressed .gz files when the
 browser accepts gzip. Every limit answers at once: 503 with Retry-After beyond `queue_limit`
@@ -93,8 +93,6 @@ class Service:
             threads = max(1, physical_cores() // cfg.workers)
             self.toonifier = Toonifier(cfg.model, cfg.provider, threads=threads, batch_size=cfg.max_batch)
             self.aligner = FaceAligner() if self.toonifier.info.alignment == "ffhq" else None
-            meta = self.toonifier.info.extra
-            self.strength = float(meta["default_strength"]) if "default_strength" in meta else None
         # Decoding, detection, paste-back and encoding: off the event loop, one thread a core.
         self.prep = concurrent.futures.ThreadPoolExecutor(physical_cores(), thread_name_prefix="prep")
         self.batcher: Batcher | None = None
@@ -153,19 +151,14 @@ class Service:
             if not q["max_faces"].isdigit() or int(q["max_faces"]) < 1:
                 raise Refused(422, f"max_faces must be a positive whole number, got {q['max_faces']!r}")
             max_faces = min(int(q["max_faces"]), max_faces or int(q["max_faces"]))
-        strength = self._strength(q.get("strength"))
-        if q.get("style") is not None:
-            raise Refused(422, "this model has no styles", "leave out style")
+        style, strength = self._condition(q.get("style"), q.get("strength"))
         data = await self._upload(request)
         rgb, alpha = await self._in_prep(decode_image, data, self.cfg.max_pixels)
         aligner = self.aligner if aligned else None
         faces, crops = await self._in_prep(face_crops, aligner, rgb, self.toonifier.resolution, max_faces)
         if not crops:
             raise Refused(422, NO_FACE, NO_FACE_HINT, kind="no_face")
-        toons = await self.batcher.submit(crops)
-        if strength is not None and strength != 1:
-            toons = [np.clip(np.rint(c + strength * (t.astype(np.float32) - c)), 0, 255).astype(np.uint8)
-                     for c, t in zip(np.asarray(crops, np.float32), toons)]
+        toons = await self.batcher.submit(crops, style, strength)
         pil_format, media = FORMATS[fmt]
         if crop:
             image = await self._in_prep(lambda: encode_image(image_grid([list(toons)]), None, pil_format))
@@ -173,18 +166,23 @@ class Service:
             image = await self._in_prep(lambda: encode_image(compose(rgb, faces, list(toons)), alpha, pil_format))
         return Response(image, media_type=media, headers={"X-Faces": _faces_json(faces, len(crops))})
 
-    def _strength(self, value: str | None) -> float | None:
-        if value is None:
-            return self.strength
-        if self.strength is None:
-            raise Refused(422, "this model has no strength control", "leave out strength")
+    def _condition(self, style: str | None, strength: str | None) -> tuple[str | None, float]:
+        """(style, strength) for the batcher: a conditioned model's (its first style and default
+        strength where not given), (None, 1.0) for a one-input model, which takes at most the
+        style and strength folded into it; 422 with the engine's reason otherwise."""
+        value = None
+        if strength is not None:
+            try:
+                value = float(strength)
+            except ValueError:
+                raise Refused(422, f"strength must be a number in [0, 1], got {strength!r}") from None
         try:
-            strength = float(value)
-        except ValueError:
-            strength = -1.0
-        if not 0 <= strength <= 1:
-            raise Refused(422, f"strength must be a number in [0, 1], got {value!r}")
-        return strength
+            self.toonifier.check_condition(style, value)
+        except ToonifyError as e:
+            raise Refused(422, e.reason, e.hint) from None
+        if not self.toonifier.styles:
+            return None, 1.0
+        return style or self.toonifier.styles[0], self.toonifier.info.default_strength if value is None else value
 
     async def _upload(self, request: Request) -> bytes:
         """The image bytes: the body, or the first file of a multipart form; 413 past max_upload."""

@@ -1,6 +1,7 @@
 """`toonify-fast serve --model`: the HTTP service started as a subprocess on a free loopback port,
 driven with httpx: real photos against the CLI, batching across clients, the queue limit, every
 refused upload, /metrics, graceful shutdown, and the site's gzip."""
+import concurrent.futures
 import contextlib
 import gzip
 import io
@@ -19,9 +20,10 @@ import pytest
 from PIL import Image
 
 from runtime.cli import main
+from runtime.engine import Toonifier
 from runtime.images import ImageError, read_image
 from tests.conftest import PHOTOS, ROOT
-from tests.helpers import build_model
+from tests.helpers import build_conditioned_model, build_model
 
 OBAMA = PHOTOS / "obama.jpg"
 
@@ -83,7 +85,7 @@ def test_a_photo_converts_as_the_cli_converts_it(api, model, tmp_path):
         r = httpx.post(api + "v1/toonify", params={"crop": str(crop).lower()}, content=OBAMA.read_bytes(),
                        headers={"Content-Type": "image/jpeg"}, timeout=30)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        want = read_image(tmp_path / ("cli_0.png" if crop else "cli.png"))[0]
+        want = read_image(tmp_path / "cli.png")[0]       # one face: --crop -o cli.png writes cli.png itself
         np.testing.assert_array_equal(png(r.content), want)
     faces = json.loads(r.headers["x-faces"])
     assert len(faces) == 1 and faces[0]["box"] == [378, 158, 625, 405]
@@ -113,7 +115,7 @@ def test_refused_uploads_get_the_clis_reasons_and_are_counted(api, tmp_path):
     assert truncated.status_code == 422 and truncated.json()["error"].startswith("truncated or corrupt image (")
     junk = post(b"hello, not an image")
     assert junk.status_code == 422 and junk.json() == {
-        "error": "not an image (or in a format Pillow cannot read)", "hint": "use JPEG, PNG, WebP or BMP"}
+        "error": "not an image (or in a format Pillow cannot read)", "hint": "use JPEG, PNG, WebP, BMP or TIFF"}
     # A decompression bomb in miniature: a tiny file that decodes to 3 MP (the limit here is 2).
     bomb = encoded(np.zeros((1500, 2000, 3), np.uint8))
     assert len(bomb) < 20_000
@@ -128,7 +130,7 @@ def test_refused_uploads_get_the_clis_reasons_and_are_counted(api, tmp_path):
     assert dogs.status_code == 422 and dogs.json()["error"] == "no face found"
     assert post(b"", params={"format": "gif"}).json() == {"error": "unknown format 'gif'",
                                                          "hint": "choose png, jpeg or webp"}
-    assert post(data, params={"strength": "0.5"}).json()["error"] == "this model has no strength control"
+    assert post(data, params={"strength": "0.5"}).json()["error"] == "this model has no style or strength input"
     text = httpx.get(api + "metrics").text
     assert metric(text, "toonify_requests_total", code=413, reason="too_large") == 2
     assert metric(text, "toonify_requests_total", code=422, reason="truncated") == 1
@@ -253,3 +255,23 @@ def test_serve_needs_a_site_or_a_model(capsys):
     assert main_exit(["serve"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "error: nothing to serve hint: give a site folder (toonify-fast web ...), --model M.onnx, or both" in err
+
+
+def test_a_conditioned_model_serves_each_request_its_style_and_strength(tmp_path):
+    model = build_conditioned_model(tmp_path / "styles.onnx", resolution=32)
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(4)]
+    asks = [{"style": "cartoon", "strength": "0"}, {"style": "ukiyoe", "strength": "1"},
+            {"style": "cartoon", "strength": "0.25"}, {}]
+    local = Toonifier(model, "cpu")
+    with service("--model", model, "--max-wait-ms", "200") as (url, _):
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            answers = list(pool.map(lambda ia: httpx.post(url + "v1/toonify", params={"align": "false", **ia[1]},
+                                                          content=encoded(ia[0]), timeout=30), zip(images, asks)))
+        refused = httpx.post(url + "v1/toonify", params={"align": "false", "style": "oil"}, content=encoded(images[0]))
+    for image, ask, answer in zip(images, asks, answers):
+        assert answer.status_code == 200, answer.text
+        want = local.run([image], style=ask.get("style"),
+                         strength=float(ask["strength"]) if "strength" in ask else None)[0]
+        np.testing.assert_array_equal(png(answer.content), want)
+    assert refused.status_code == 422 and refused.json()["error"] == "no style 'oil' in this model"
