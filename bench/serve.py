@@ -25,7 +25,6 @@ import importlib.util
 import io
 import json
 import os
-import socket
 import statistics
 import struct
 import subprocess
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from runtime.common import write_json_atomic  # noqa: E402
+from runtime.server import free_ports  # noqa: E402
 
 PHOTO = ROOT.parent / "shared" / "photos" / "obama.jpg"
 RES = 256
@@ -149,16 +149,6 @@ def bench_service(model: Path, photo: bytes, levels: list[int], requests: int) -
         out["over_capacity"] = row
         print(f"  over capacity (queue limit 8, 64 clients): {row}", flush=True)
     return out
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def bench_triton(model: Path, photo: bytes, levels: list[int], requests: int, tmp: Path) -> dict:

@@ -41,7 +41,7 @@ from distill.checkpoint import file_sha256, load_generator, save_generator
 from distill.device import resolve_device
 from distill.discriminator import Discriminator, load_discriminator, r1_penalty
 from distill.pairs import pair_seed, sample_grid
-from distill.runs import RunFolder, check_resumable, rng_state, run_config, set_rng_state
+from distill.runs import RunFolder, check_resumable, rng_state, run_config, runs_setting, set_rng_state
 from distill.stylegan2 import Generator
 from distill.swd import sliced_wasserstein
 from distill.train import StepBatches, StopRequest
@@ -63,7 +63,7 @@ class FinetuneConfig:
                                       "Needed unless --resume.")
     images: Path | None = setting(None, "Folder of aligned faces (`distill align`), resized to the model's resolution. "
                                         "Needed unless --resume.")
-    output: Path = setting(Path("runs"), "Where numbered run folders are made.")
+    output: Path = runs_setting()
     kimg: float = setting(36.0, "Length: thousands of real images shown to D.")
     batch: int = setting(4, "Global batch (split evenly over torchrun processes).")
     gamma: float | None = setting(None, "R1 weight (default: NVlabs' auto config, 0.0002 * res^2 / batch).")

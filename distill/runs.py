@@ -30,6 +30,7 @@ from distill.translator import StudentConfig, build_generator
 from runtime.common import (ToonifyError, UsageError, atomic_path, console, from_jsonable, partial_prefix, read_json,
                             remove_stale_partials, write_bytes_atomic, write_error, write_json_atomic)
 from runtime.images import image_grid, nchw_to_hwc, write_image
+from runtime.options import setting
 
 STUDENT_FORMAT = "toonify-fast-student"
 TEMP_NAME = "toonify-mp"
@@ -148,6 +149,11 @@ def private_temp_folder() -> Iterator[Path]:
             os.environ["TMPDIR"] = saved[0]
         tempfile.tempdir = saved[1]
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def runs_setting():
+    """The `output` setting of every command that makes run folders (train, finetune)."""
+    return setting(Path("runs"), "Where numbered run folders are made.")
 
 
 def run_config(cls, run_dir: str | os.PathLike, legacy: dict[str, str] | None = None):

@@ -33,7 +33,7 @@ from distill.data import PairedDataset, PairFolderError
 from distill.device import device_setting, resolve_device
 from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
 from distill.runs import (RunFolder, StudentInfo, check_resumable, load_training_state, private_temp_folder,
-                          rng_state, run_config, set_rng_state)
+                          rng_state, run_config, runs_setting, set_rng_state)
 from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator
 from runtime.common import (Interrupted, ToonifyError, UsageError, check_writable, console, from_jsonable, jsonable,
                             progress, read_json)
@@ -50,7 +50,7 @@ class TrainError(ToonifyError):
 class TrainConfig:
     pairs: Path | None = setting(None, "Pair folder from `distill pairs` (its val/ split feeds the sample grids). "
                                        "Needed unless --resume.")
-    output: Path = setting(Path("runs"), "Where numbered run folders are made.")
+    output: Path = runs_setting()
     preset: str = setting("lite", "Student architecture: lite or full (pix2pixHD's default).")
     res: int = setting(256, "Training resolution; pairs are resized to it.")
     steps: int = setting(20000, "Training steps (one global batch each).")

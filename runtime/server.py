@@ -292,3 +292,15 @@ def serve(cfg: ServeConfig) -> None:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(cfg.timeout) + 1)
     uvicorn.Server(config).run(sockets=[sock])
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` TCP ports free on 127.0.0.1 now (for a server started next: Triton, tests, benches)."""
+    import socket
+    socks = [socket.socket() for _ in range(count)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports

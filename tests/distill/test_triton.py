@@ -6,7 +6,6 @@ import glob
 import json
 import os
 import re
-import socket
 import struct
 import subprocess
 import time
@@ -22,22 +21,13 @@ from runtime.engine import Toonifier
 from runtime.faces import FaceAligner
 from runtime.images import decode_image, read_image
 from runtime.photos import toonify_photo
+from runtime.server import free_ports
 from tests.conftest import PHOTOS, ROOT
 from tests.helpers import make_student
 
 TRITON = ROOT / "build" / "triton"
 SERVER = TRITON / "unpacked" / "pytriton" / "tritonserver" / "bin" / "tritonserver"
 RES = 64
-
-
-def free_ports(count: int) -> list[int]:
-    socks = [socket.socket() for _ in range(count)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @pytest.fixture(scope="module")
