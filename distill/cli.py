@@ -103,12 +103,15 @@ def own_command() -> str:
     return os.path.relpath(exe)
 
 
+# The two options of every command that makes a resumable run folder (train, finetune).
+ResumeOption = Annotated[Optional[Path], typer.Option(
+    help="Continue this run folder exactly where it stopped, with its own settings (config.json).")]
+StopAtOption = Annotated[Optional[int], typer.Option(
+    help="End this session after this step with a checkpoint (continue later with --resume).")]
+
+
 @command(app, TrainConfig)
-def train(cfg: TrainConfig, ctx: typer.Context,
-          resume: Annotated[Optional[Path], typer.Option(
-              help="Continue this run folder exactly where it stopped, with its own settings (config.json).")] = None,
-          stop_at: Annotated[Optional[int], typer.Option(
-              help="End this session after this step with a checkpoint (continue later with --resume).")] = None) -> None:
+def train(cfg: TrainConfig, ctx: typer.Context, resume: ResumeOption = None, stop_at: StopAtOption = None) -> None:
     """Train the pix2pixHD student on pairs (under torchrun: DDP, one process per GPU or CPU share)."""
     from distill.train import train as run_training
     if resume is not None:
@@ -119,11 +122,7 @@ def train(cfg: TrainConfig, ctx: typer.Context,
 
 
 @command(app, FinetuneConfig)
-def finetune(cfg: FinetuneConfig, ctx: typer.Context,
-             resume: Annotated[Optional[Path], typer.Option(
-                 help="Continue this run folder exactly where it stopped, with its own settings (config.json).")] = None,
-             stop_at: Annotated[Optional[int], typer.Option(
-                 help="End this session after this step with a checkpoint (continue later with --resume).")] = None) -> None:
+def finetune(cfg: FinetuneConfig, ctx: typer.Context, resume: ResumeOption = None, stop_at: StopAtOption = None) -> None:
     """Fine-tune a StyleGAN2 on aligned faces (NVlabs' StyleGAN2-ADA recipe): the toon model for `distill blend --toon`."""
     from distill.finetune import finetune as run_finetune
     if resume is not None:

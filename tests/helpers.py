@@ -308,10 +308,6 @@ def make_toon_folder(root: Path, count: int = 48, seed: int = 1000) -> Path:
     return Path(root)
 
 
-if __name__ == "__main__":
-    _child(sys.argv[1:])
-
-
 def build_conditioned_model(path: Path, styles: tuple[str, ...] = ("cartoon", "ukiyoe"), default_strength: float = 1.0,
                             resolution: int = 32) -> Path:
     """A one-node-deep conditioned student: output = input * (1 - 2 * strength) + 0.5 * style, so
@@ -357,3 +353,27 @@ def make_recoloured_toon(path, mix=((0.2, 0.9, 0.0), (0.0, 0.3, 0.8), (0.9, 0.0,
                 p.copy_(torch.einsum("oi,i...->o...", torch.tensor(mix), p))
     save_generator(toon, path)
     return toon
+
+
+def _ddp_rank(rank: int, world: int, port: int, run, cfg, out: Path) -> None:
+    import torch
+    torch.set_num_threads(1)   # a spawned process: the conftest's setting does not reach it
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world))
+    result = run(cfg)
+    torch.save({"G": result.G.state_dict(), "run_dir": str(result.run_dir)}, out / f"rank{rank}.pt")
+
+
+def ddp_ranks(run, cfg, out: Path, world: int = 2) -> list[dict]:
+    """`run(cfg)` (distill.train.train or distill.finetune.finetune) in `world` gloo processes as
+    torchrun would start them -> each rank's {"G": its generator's state dict, "run_dir"}."""
+    import torch
+    import torch.multiprocessing as mp
+
+    from runtime.server import free_ports
+    mp.spawn(_ddp_rank, args=(world, free_ports(1)[0], run, cfg, out), nprocs=world, join=True)
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(world)]
+
+
+if __name__ == "__main__":
+    _child(sys.argv[1:])

@@ -1,13 +1,10 @@
 """Fine-tuning: it moves the fixture toward a folder with a known answer (lower SWD) and stays
 blendable; FreezeD keeps its tensors; a stopped and resumed run ends bit for bit as a straight one."""
 import json
-import os
-import socket
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -19,7 +16,7 @@ from distill.finetune import FinetuneConfig, FinetuneError, finetune
 from distill.runs import RunFolderError
 from distill.stylegan2 import architecture_difference
 from runtime.common import UsageError
-from tests.helpers import BASE, make_toon_folder
+from tests.helpers import BASE, ddp_ranks, make_toon_folder
 
 
 def tiny(images, out, **overrides) -> FinetuneConfig:
@@ -119,22 +116,10 @@ def test_cli_resume_refuses_new_settings_and_bad_options(straight, toons):
         finetune(FinetuneConfig(base=BASE, images=toons, freeze_d=4, device="cpu"))
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg: FinetuneConfig, out) -> None:
-    torch.set_num_threads(1)   # a spawned process: the conftest's setting does not reach it
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    result = finetune(cfg)
-    torch.save({"G": result.G.state_dict(), "run_dir": str(result.run_dir)}, out / f"rank{rank}.pt")
-
-
 def test_two_ddp_processes_compute_what_one_does(toons, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     # Minibatch-stddev groups of 2: one process's groups of a batch of 4 are exactly the two ranks' halves.
     cfg = tiny(toons, tmp_path / "runs", kimg=0.008, mbstd_group=2, log_every=1, swd_images=4)
-    mp.spawn(_ddp_worker, args=(2, port, cfg, tmp_path), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = ddp_ranks(finetune, cfg, tmp_path)
     assert ranks[0]["G"].keys() == ranks[1]["G"].keys()
     assert all(torch.equal(ranks[0]["G"][k], ranks[1]["G"][k]) for k in ranks[0]["G"])
     run_dir = tmp_path / "runs" / "00000-finetune-32"

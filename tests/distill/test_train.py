@@ -3,13 +3,11 @@ folder's files, student files, the CLI, and the proof that the student learns it
 import json
 import os
 import signal
-import socket
 
 import numpy as np
 import onnx
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -28,7 +26,7 @@ from runtime.common import Interrupted, ToonifyError
 from runtime.engine import Toonifier, read_model_info
 from runtime.images import hwc_to_nchw, nchw_to_hwc
 from tests.conftest import FIXTURES
-from tests.helpers import make_pair_folder
+from tests.helpers import ddp_ranks, make_pair_folder
 
 
 
@@ -226,21 +224,9 @@ def test_cli_trains_and_resume_refuses_new_settings(pairs, tmp_path):
     assert "--pairs is needed to start a run" in str(missing.exception)
 
 
-def _ddp_worker(rank: int, world: int, port: int, cfg: TrainConfig, out) -> None:
-    torch.set_num_threads(1)   # a spawned process: the conftest's setting does not reach it
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(world))
-    result = train(cfg)
-    torch.save({"G": result.G.state_dict(), "run_dir": str(result.run_dir)}, out / f"rank{rank}.pt")
-
-
 def test_two_ddp_processes_end_with_identical_weights(pairs, tmp_path):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cfg = tiny(pairs, tmp_path / "runs", steps=3, batch_size=1, checkpoint_every=100, log_every=1)
-    mp.spawn(_ddp_worker, args=(2, port, cfg, tmp_path), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    ranks = ddp_ranks(train, cfg, tmp_path)
     assert_same_tensors(ranks[0]["G"], ranks[1]["G"])
     run_dir = tmp_path / "runs" / "00000-lite-32"
     assert [r["run_dir"] for r in ranks] == [str(run_dir), "None"]
