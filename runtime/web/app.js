@@ -140,7 +140,7 @@ export async function alignFace(pixels, quad, size) {
 
 // The model on one [H * W * 3] uint8 RGB image: its raw [1, 3, H, W] float32 output.
 export async function runModel(rgb, width, height) {
-  const {ort, session, info, style} = await ready();
+  const {ort, session, info, style, strength} = await ready();
   if (width % info.sizeMultiple || height % info.sizeMultiple) {
     throw new Error(`input size ${width}x${height} is not a multiple of ${info.sizeMultiple}`);
   }
@@ -151,8 +151,12 @@ export async function runModel(rgb, width, height) {
     x[2 * n + i] = TO_MODEL[rgb[3 * i + 2]];
   }
   const feeds = {[info.inputName]: new ort.Tensor('float32', x, [1, 3, height, width])};
-  if (info.styles && session.inputNames.includes('style')) {
+  // A conditioned model's style and strength inputs (as runtime.engine.Toonifier.run feeds them).
+  if (session.inputNames.includes('style')) {
     feeds.style = new ort.Tensor('int64', BigInt64Array.from([BigInt(style)]), [1]);
+  }
+  if (session.inputNames.includes('strength')) {
+    feeds.strength = new ort.Tensor('float32', Float32Array.from([strength ?? info.defaultStrength ?? 1]), [1]);
   }
   const out = await session.run(feeds);
   return out[info.outputName].data;
@@ -170,14 +174,9 @@ function toRgb(y, n) {
   return out;
 }
 
-// Toon of a crop, blended toward the crop by the strength control where the model has one.
+// Toon of a crop: the model's output as the uint8 image a user gets.
 async function convertCrop(crop, size) {
-  const state = await ready();
-  const toon = toRgb(await runModel(crop, size, size), size * size);
-  if (state.strength !== null && state.strength !== 1) {
-    for (let i = 0; i < toon.length; i++) toon[i] = Math.round(crop[i] + state.strength * (toon[i] - crop[i]));
-  }
-  return toon;
+  return toRgb(await runModel(crop, size, size), size * size);
 }
 
 // Warp a toon crop back over the face of `quad` in ctx, blended with the feathered mask.
