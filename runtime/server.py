@@ -6,7 +6,9 @@ batched across clients before the engine, and the browser page of `toonify-fast 
 
 Endpoints: `POST /v1/toonify` (an image as the body or as a multipart file; query parameters
 `crop`, `align`, `max_faces`, `format` (png, jpeg, webp), `style` and `strength` where the model
-has them: requests of one style share engine runs, each face at its request's strength) answers the toon image with the faces found as JSON in the `X-Faces` header;
+has them: requests of one style share engine runs, each face at its request's strength) answers
+the toon image with the faces found as JSON in the `X-Faces` header, or, for a client that
+accepts `application/json` first, one JSON object with the faces and the image in base64;
 `GET /healthz`; `GET /metrics` (Prometheus text); the site folder, when given, at `/` with the
 cross-origin isolation headers WASM threads need and its precompressed .gz files when the
 browser accepts gzip. Every limit answers at once: 503 with Retry-After beyond `queue_limit`
@@ -17,6 +19,7 @@ is written to disk; on SIGTERM or Ctrl-C requests in flight are finished first.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextlib
 import json
@@ -76,10 +79,22 @@ def _flag(value: str | None, name: str, default: bool) -> bool:
     raise Refused(422, f"{name} must be true or false, got {value!r}")
 
 
-def _faces_json(faces, count: int) -> str:
+def _faces(faces, count: int) -> list[dict]:
     if faces is None:
-        return json.dumps([{"whole_image": True}])
-    return json.dumps([{"box": list(f.box), "quad": np.round(f.quad.astype(np.float64), 2).tolist()} for f in faces[:count]])
+        return [{"whole_image": True}]
+    return [{"box": list(f.box), "quad": np.round(f.quad.astype(np.float64), 2).tolist()} for f in faces[:count]]
+
+
+def _wants_json(accept: str) -> bool:
+    """Whether the Accept header puts application/json before any image type (browsers' fetch
+    sends */*, which keeps the image)."""
+    for part in accept.split(","):
+        kind = part.split(";")[0].strip().lower()
+        if kind == "application/json":
+            return True
+        if kind.startswith("image/") or kind == "*/*":
+            return False
+    return False
 
 
 class Service:
@@ -164,7 +179,10 @@ class Service:
             image = await self._in_prep(lambda: encode_image(image_grid([list(toons)]), None, pil_format))
         else:
             image = await self._in_prep(lambda: encode_image(compose(rgb, faces, list(toons)), alpha, pil_format))
-        return Response(image, media_type=media, headers={"X-Faces": _faces_json(faces, len(crops))})
+        found = _faces(faces, len(crops))
+        if _wants_json(request.headers.get("accept", "")):
+            return JSONResponse({"faces": found, "media_type": media, "image": base64.b64encode(image).decode()})
+        return Response(image, media_type=media, headers={"X-Faces": json.dumps(found)})
 
     def _condition(self, style: str | None, strength: str | None) -> tuple[str | None, float]:
         """(style, strength) for the batcher: a conditioned model's (its first style and default

@@ -1,6 +1,7 @@
 """`toonify-fast serve --model`: the HTTP service started as a subprocess on a free loopback port,
 driven with httpx: real photos against the CLI, batching across clients, the queue limit, every
 refused upload, /metrics, graceful shutdown, and the site's gzip."""
+import base64
 import concurrent.futures
 import contextlib
 import gzip
@@ -94,6 +95,15 @@ def test_a_photo_converts_as_the_cli_converts_it(api, model, tmp_path):
                    timeout=30)
     assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg"
     assert png(r.content).shape == (1137, 910, 3)
+    # The JSON variant: the same image in base64 beside the same faces, for a client that asks for JSON first.
+    r = httpx.post(api + "v1/toonify", params={"crop": "true"}, content=OBAMA.read_bytes(), timeout=30,
+                   headers={"Content-Type": "image/jpeg", "Accept": "application/json, image/png;q=0.5"})
+    answer = r.json()
+    assert r.status_code == 200 and answer["media_type"] == "image/png" and answer["faces"] == faces
+    np.testing.assert_array_equal(png(base64.b64decode(answer["image"])), read_image(tmp_path / "cli.png")[0])
+    r = httpx.post(api + "v1/toonify", content=OBAMA.read_bytes(), timeout=30,
+                   headers={"Content-Type": "image/jpeg", "Accept": "image/webp, application/json"})
+    assert r.headers["content-type"] == "image/png" and "x-faces" in r.headers
 
 
 def main_exit(argv) -> int:
