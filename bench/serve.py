@@ -10,7 +10,11 @@ throughput and p50/p99 latency at 1, 4, 16 and 64 clients, failures (any answer
 but 200), the server's resident memory before and after; then above capacity (64 clients against
 --queue-limit 8): the share of 503s (a refused client waits 100 ms) and the latency of accepted
 requests. The same levels against Triton's Python-backend photo model (tritonserver from
-`make triton-deps`, dynamic batching, one instance). Writes bench/results/serve.json.
+`make triton-deps`, dynamic batching, one instance). First, in the same process, what batching
+can give at most here: one request's stages timed alone (decode, detection and alignment, the
+model, paste-back and encoding) and the engine's faces/s at batch 1 and at --max-batch, which
+bound the service's speed-up (only the model's share of a request is batched). Writes
+bench/results/serve.json.
 Options: --requests N (per client level, at least 2 per client), --clients 1,4,16,64, --width W,
 --no-triton, --output NAME.json.
 """
@@ -151,6 +155,39 @@ def bench_service(model: Path, photo: bytes, levels: list[int], requests: int) -
     return out
 
 
+def ceiling(model: Path, photo: bytes, batch: int = 8, repeats: int = 8) -> dict:
+    """One request's stages timed alone (ms) and the engine's faces/s at batch 1 and `batch`, as
+    the service runs them; `speedup_bound` is the most batching can speed a request stream up:
+    only the model's share of a request gets faster, by the engine's batch scaling (Amdahl)."""
+    import numpy as np
+    from runtime.engine import Toonifier, physical_cores
+    from runtime.faces import FaceAligner
+    from runtime.images import decode_image, encode_image
+    from runtime.photos import compose, face_crops
+    engine = Toonifier(model, "cpu", threads=physical_cores(), batch_size=batch)
+    aligner = FaceAligner()
+
+    def timed(fn):
+        fn()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            result = fn()
+        return result, 1000 * (time.perf_counter() - start) / repeats
+
+    (rgb, alpha), decode_ms = timed(lambda: decode_image(photo, 40_000_000))
+    (faces, crops), detect_ms = timed(lambda: face_crops(aligner, rgb, engine.resolution, None))
+    toons, model_ms = timed(lambda: engine.run(np.stack(crops)))
+    _, encode_ms = timed(lambda: encode_image(compose(rgb, faces, list(toons)), alpha, "PNG"))
+    stacked = np.stack([crops[0]] * batch)
+    _, batch_ms = timed(lambda: engine.run(stacked))
+    per_face = {"1": 1000 / model_ms * len(crops), str(batch): 1000 * batch / batch_ms}
+    scaling = per_face[str(batch)] / per_face["1"]
+    total = decode_ms + detect_ms + model_ms + encode_ms
+    return {"stages_ms": {"decode": decode_ms, "detect_align": detect_ms, "model": model_ms, "paste_encode": encode_ms},
+            "engine_faces_per_second": per_face, "engine_batch_scaling": scaling,
+            "speedup_bound": total / (total - model_ms + model_ms / scaling)}
+
+
 def bench_triton(model: Path, photo: bytes, levels: list[int], requests: int, tmp: Path) -> dict:
     from distill.triton import write_python_models
     repo = tmp / "repo"
@@ -218,6 +255,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         model = br.export("lite", RES, tmp)
+        results["ceiling"] = ceiling(model, photo)
+        print(f"  ceiling: {results['ceiling']}", flush=True)
         results |= bench_service(model, photo, levels, args.requests)
         if not args.no_triton:
             results["triton"] = bench_triton(model, photo, levels, args.requests, tmp)
@@ -233,7 +272,9 @@ def main() -> None:
     for r, s in zip(on, off):
         print(f"{r['clients']:>7} {r['per_second']:>15.2f} {r['p50_ms']:>7.0f} {r['p99_ms']:>7.0f} "
               f"{s['per_second']:>10.2f} {s['p50_ms']:>7.0f} {s['p99_ms']:>7.0f}")
-    print({k: results.get(k) for k in ("batching_speedup_at_16", "p99_over_p50_at_64", "failed_below_capacity")})
+    print({k: results.get(k) for k in ("batching_speedup_at_16", "p99_over_p50_at_64", "failed_below_capacity")},
+          f"batching can give at most {results['ceiling']['speedup_bound']:.2f}x here "
+          f"(engine batch scaling {results['ceiling']['engine_batch_scaling']:.2f}x)")
 
 
 if __name__ == "__main__":
