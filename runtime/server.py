@@ -14,7 +14,8 @@ cross-origin isolation headers WASM threads need and its precompressed .gz files
 browser accepts gzip. Every limit answers at once: 503 with Retry-After beyond `queue_limit`
 requests in the service, 413 past the upload size, 422 for what the CLI refuses (not an image,
 truncated, over the pixel limit, no face) with the CLI's reason, 504 past the time limit. Nothing
-is written to disk; on SIGTERM or Ctrl-C requests in flight are finished first.
+is written to disk; on SIGTERM or Ctrl-C requests in flight are finished first, then the
+command ends with exit status 0.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import base64
 import concurrent.futures
 import contextlib
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -309,7 +311,18 @@ def serve(cfg: ServeConfig) -> None:
     console.print(f"serving {', '.join(parts)} (Ctrl-C stops)")
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                             timeout_graceful_shutdown=int(cfg.timeout) + 1)
-    uvicorn.Server(config).run(sockets=[sock])
+    # uvicorn answers SIGTERM and Ctrl-C by finishing the requests in flight, then raises the
+    # signal again for the handlers it found: these note it, so that a stop asked for ends as a
+    # success (exit status 0, what service managers expect) rather than as interrupted work.
+    stopped_by = []
+    previous = {sig: signal.signal(sig, lambda sig, frame: stopped_by.append(sig)) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if stopped_by:
+        console.print(f"stopped ({signal.Signals(stopped_by[0]).name}): the requests in flight were answered")
 
 
 def free_ports(count: int) -> list[int]:
