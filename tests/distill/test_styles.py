@@ -15,9 +15,10 @@ from distill.pairs import (PairsConfig, PairsError, SampleConfig, generate_pairs
                            sample_grid, synthesize, write_sample_grid)
 from distill.runs import load_student
 from distill.train import TrainConfig, train
+from runtime.common import UsageError
 from runtime.engine import Toonifier, read_model_info
 from runtime.images import grid_margins, hwc_to_nchw, nchw_to_hwc, read_image
-from tests.helpers import BASE, make_recoloured_toon
+from tests.helpers import BASE, cli, make_recoloured_toon
 
 STYLES = ("lowres", "highres")
 
@@ -238,3 +239,31 @@ def test_export_refuses_styles_a_student_does_not_have(tmp_path):
             export_student(ExportConfig(student=student, output=tmp_path / "out.onnx", **kwargs))
         assert e.value.reason == reason
     assert not (tmp_path / "out.onnx").exists()
+
+
+def test_export_writes_the_default_strength_that_apps_use_when_none_is_given(learned, tmp_path, capsys):
+    pairs, student = learned
+    out = tmp_path / "styles.onnx"
+    report = export_student(ExportConfig(student=student, output=out, default_strength=0.3))
+    assert max(report["parity"].values()) < 1e-4
+    assert read_model_info(out).default_strength == 0.3
+    u8 = np.stack([read_image(p)[0] for p in sorted((pairs / "val" / "real").iterdir())])
+    t = Toonifier(out, "cpu")
+    at_default = t.run(u8, style="lowres")
+    np.testing.assert_array_equal(at_default, t.run(u8, style="lowres", strength=0.3))
+    assert not np.array_equal(at_default, t.run(u8, style="lowres", strength=1.0))
+    # The command line: no --strength is the model's default; `info` lists it.
+    photo = sorted((pairs / "val" / "real").iterdir())[0]
+    code, _, err = cli(capsys, photo, "--no-align", "-m", out, "--style", "lowres", "-o", tmp_path / "toon.png")
+    assert code == 0, err
+    np.testing.assert_array_equal(read_image(tmp_path / "toon.png")[0], at_default[0])
+    code, text, _ = cli(capsys, "info", out)
+    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3}
+    assert code == 0 and rows["default_strength"] == "0.3"
+    # Folding a style without --strength folds the default strength in.
+    export_student(ExportConfig(student=student, output=tmp_path / "folded.onnx", style="lowres", default_strength=0.3))
+    assert read_model_info(tmp_path / "folded.onnx").extra["strength"] == "0.3"
+    with pytest.raises(UsageError) as e:
+        export_student(ExportConfig(student=student, output=tmp_path / "bad.onnx", default_strength=1.5))
+    assert e.value.reason == "--default-strength must lie in [0, 1], got 1.5"
+    assert not (tmp_path / "bad.onnx").exists()
