@@ -267,3 +267,37 @@ def test_export_writes_the_default_strength_that_apps_use_when_none_is_given(lea
         export_student(ExportConfig(student=student, output=tmp_path / "bad.onnx", default_strength=1.5))
     assert e.value.reason == "--default-strength must lie in [0, 1], got 1.5"
     assert not (tmp_path / "bad.onnx").exists()
+
+
+def test_a_conditioned_gan_run_shows_its_discriminator_the_condition_and_resumes_exactly(styles, tmp_path):
+    from distill.translator import MultiscaleDiscriminator, condition_planes
+    styled_pairs(styles, tmp_path / "pairs", count=8, val_count=2)
+
+    def cfg(out):
+        return TrainConfig(pairs=tmp_path / "pairs", output=out, res=32, steps=6, batch_size=2, gan=True, vgg=False,
+                           l1_weight=1.0, ndf=8, workers=0, log_every=2, sample_every=3, checkpoint_every=2)
+
+    straight = train(cfg(tmp_path / "straight")).run_dir
+    first = train(cfg(tmp_path / "resumed"), stop_at=3)
+    resumed = train(cfg(tmp_path / "resumed"), resume=first.run_dir).run_dir
+    a, b = (torch.load(run / "checkpoints" / "latest.pt", weights_only=True) for run in (straight, resumed))
+    for key in ("G", "G_ema", "D"):
+        assert a[key].keys() == b[key].keys() and all(torch.equal(a[key][k], b[key][k]) for k in a[key]), key
+    for key in ("opt_G", "opt_D"):
+        for i, s in a[key]["state"].items():
+            assert all(torch.equal(v, b[key]["state"][i][name]) for name, v in s.items()), key
+    # D takes source, 3 planes of condition (one-hot style times strength, strength) and the image.
+    D = MultiscaleDiscriminator(6 + 3, ndf=8)
+    D.load_state_dict(a["D"])
+    x = torch.from_numpy(hwc_to_nchw(np.stack([read_image(p)[0] for p in sorted((tmp_path / "pairs" / "val" / "real")
+                                                                                 .iterdir())])))
+    planes = condition_planes(x, torch.tensor([0, 1]), torch.tensor([1.0, 0.5]), 2)
+    assert planes[:, :, 5, 7].tolist() == [[1.0, 0.0, 1.0], [0.0, 0.5, 0.5]]
+
+    def judged(style, strength):
+        n = len(x)
+        with torch.no_grad():
+            c = condition_planes(x, torch.full((n,), style), torch.full((n,), strength), 2)
+            return D(torch.cat([x, c, x], 1))[0][-1]
+    assert not torch.allclose(judged(0, 1.0), judged(1, 1.0)) and not torch.allclose(judged(0, 1.0), judged(0, 0.5))
+    assert torch.equal(judged(0, 0.0), judged(1, 0.0))        # at strength 0 every style asks for the photo
