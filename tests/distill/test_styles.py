@@ -260,7 +260,8 @@ def test_export_writes_the_default_strength_that_apps_use_when_none_is_given(lea
     assert code == 0, err
     np.testing.assert_array_equal(read_image(tmp_path / "toon.png")[0], at_default[0])
     code, text, _ = cli(capsys, "info", out)
-    rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in text.splitlines() if line.count("│") == 3}
+    cells = [line.split("│") for line in text.splitlines() if line.count("│") == 3]
+    rows = {c[1].strip(): c[2].strip() for c in cells}
     assert code == 0 and rows["default_strength"] == "0.3"
     # Folding a style without --strength folds the default strength in.
     export_student(ExportConfig(student=student, output=tmp_path / "folded.onnx", style="lowres", default_strength=0.3))
