@@ -57,6 +57,8 @@ class BlendConfig:
         cli=Optional[str], parse=lambda text: None if text is None else parse_block_weights(text))
     mapping_from: str = setting("base", "Mapping network, w_avg and noise constants from 'base' (keeps pairs "
                                         "aligned) or 'toon'.", flags=("--mapping",))
+    strength: float = setting(1.0, "Write the blend at this strength: every toon share times it (0 is the base "
+                                    "model, 1 the blend as configured).", min=0.0, max=1.0)
 
     def __post_init__(self):
         if self.swap_res < 1 or self.swap_res & (self.swap_res - 1):
@@ -75,6 +77,7 @@ class BlendConfig:
                                  hint="1 takes a block from the base model, 0 from the toon model")
         if self.mapping_from not in ("base", "toon"):
             raise BlendError(f"mapping_from must be 'base' or 'toon', got {self.mapping_from!r}")
+        check_strength(self.strength)
 
 
 def parse_block_weights(text: str) -> tuple[float, ...]:
@@ -219,8 +222,8 @@ def blend_files(base_path: str | Path, toon_path: str | Path, cfg: BlendConfig, 
             raise UsageError("the output would overwrite the input", out_path, hint="choose another -o")
     check_writable(out_path)
     base, toon = load_generator(base_path), load_generator(toon_path)
-    G = blend_generators(base, toon, cfg)
-    weights = block_weights(list(G.synthesis.block_resolutions), cfg)
+    G = blend_generators(base, toon, cfg, strength=cfg.strength)
+    weights = strength_weights(block_weights(list(G.synthesis.block_resolutions), cfg), cfg.strength)
     provenance = {"blend": {
         "base": {"file": Path(base_path).name, "sha256": file_sha256(base_path)},
         "toon": {"file": Path(toon_path).name, "sha256": file_sha256(toon_path)},

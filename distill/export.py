@@ -61,6 +61,9 @@ class ExportConfig:
                                       "as a plain student; default: keep the style and strength inputs).")
     strength: float | None = setting(None, "With --style: the strength folded in (default: the student's default).",
                                      min=0.0, max=1.0)
+    default_strength: float | None = setting(
+        None, "A conditioned model's strength when an app asks for none, written into its metadata (default: the "
+              "student's, 1); with --style, the strength folded in unless --strength is given.", min=0.0, max=1.0)
     triton_tensorrt: bool = setting(False, "Triton: run the ONNX model through ONNX Runtime's TensorRT accelerator "
                                            "(FP16) on GPU instances.")
     storage_uri: str = setting("", "Where the Triton repository will be uploaded (s3://, gs://, pvc://), for the KServe "
@@ -355,6 +358,9 @@ def parity_checked(graph: onnx.ModelProto, model: torch.nn.Module, inputs: dict[
 
 def _condition(cfg: ExportConfig, student: StudentInfo) -> tuple[int, float] | None:
     """(style index, strength) to fold into the model, or None to export the style and strength inputs."""
+    if cfg.default_strength is not None and not student.styles:
+        raise UsageError("--default-strength is for a conditioned student (trained on pairs with styles); this one "
+                         "has a single style", cfg.student, hint="leave it out")
     if cfg.style is None and cfg.strength is None:
         return None
     if not student.styles:
@@ -366,10 +372,19 @@ def _condition(cfg: ExportConfig, student: StudentInfo) -> tuple[int, float] | N
     if cfg.style not in student.styles:
         raise UsageError(f"no style {cfg.style!r} in this student", cfg.student,
                          hint=f"its styles: {', '.join(student.styles)}")
-    strength = student.default_strength if cfg.strength is None else cfg.strength
+    strength = default_strength(cfg, student) if cfg.strength is None else cfg.strength
     if not 0.0 <= strength <= 1.0:
         raise UsageError(f"--strength must lie in [0, 1], got {strength}", hint="0 reconstructs the photo, 1 is the full style")
     return student.styles.index(cfg.style), strength
+
+
+def default_strength(cfg: ExportConfig, student: StudentInfo) -> float:
+    """The strength an exported model uses when none is asked for: --default-strength, else the student's."""
+    value = student.default_strength if cfg.default_strength is None else cfg.default_strength
+    if not 0.0 <= value <= 1.0:
+        raise UsageError(f"--default-strength must lie in [0, 1], got {value}",
+                         hint="0 reconstructs the photo, 1 is the full style")
+    return float(value)
 
 
 def export_student(cfg: ExportConfig) -> dict:
@@ -394,7 +409,7 @@ def export_student(cfg: ExportConfig) -> dict:
         teacher_base_sha256=student.teacher_base_sha256, teacher_blended_sha256=student.teacher_blended_sha256,
         exported_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         toonify_fast_version=runtime.__version__, precision=precision,
-        styles=",".join(student.styles) if styles else "", default_strength=student.default_strength,
+        styles=",".join(student.styles) if styles else "", default_strength=default_strength(cfg, student),
         extra={**dict(cfg.extra_metadata),
                **({"style": student.styles[fold[0]], "strength": str(fold[1])} if fold is not None else {})})
 

@@ -231,8 +231,9 @@ def discriminator_loss(disc: nn.Module, source: torch.Tensor, fake: torch.Tensor
                        mode: str = "lsgan") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """D's loss on (source, target) as real and (source, fake) as fake; fake is detached.
 
-    source, fake, target: [N, 3, H, W] in [-1, 1]. Returns the loss and its parts, detached
-    (no device sync here: the caller decides when to read them).
+    source, fake, target: [N, 3, H, W] in [-1, 1] (source may carry more planes: a condition,
+    translator.condition_planes). Returns the loss and its parts, detached (no device sync here:
+    the caller decides when to read them).
     """
     preds_real = disc(torch.cat([source, target], 1))
     preds_fake = disc(torch.cat([source, fake.detach()], 1))

@@ -34,7 +34,7 @@ from distill.device import device_setting, resolve_device
 from distill.losses import GAN_MODES, PerceptualLoss, discriminator_loss, generator_loss, vgg_features
 from distill.runs import (RunFolder, StudentInfo, check_resumable, load_training_state, private_temp_folder,
                           rng_state, run_config, runs_setting, set_rng_state)
-from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator
+from distill.translator import PRESETS, MultiscaleDiscriminator, build_generator, condition_planes
 from runtime.common import (Interrupted, ToonifyError, UsageError, check_writable, console, from_jsonable, jsonable,
                             progress, read_json)
 from runtime.options import resumable_fields, setting
@@ -301,7 +301,10 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
         # A pair set with styles trains a conditioned student (conditional instance norm) on them.
         G = build_generator(cfg.preset, **({"styles": len(dataset.styles)} if dataset.styles else {})).to(device)
         G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-        D = MultiscaleDiscriminator(ndf=cfg.ndf, num_D=cfg.num_d).to(device) if cfg.gan else None
+        # A conditioned student's D also sees the condition (condition_planes), so its GAN terms judge the
+        # style and strength; a plain student's D takes source and image alone, as it always has.
+        planes = len(dataset.styles) + 1 if dataset.styles else 0
+        D = MultiscaleDiscriminator(6 + planes, ndf=cfg.ndf, num_D=cfg.num_d).to(device) if cfg.gan else None
         perceptual = PerceptualLoss(features).to(device) if features is not None else None
         # Fused Adam: one kernel over all parameters (CPU and CUDA), several times faster than the loop.
         opt_G = torch.optim.Adam(G.parameters(), lr=cfg.lr, betas=cfg.betas, fused=True)
@@ -388,7 +391,9 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
             # Generator: D (unwrapped and frozen) only passes gradients through to the student.
             with torch.autocast(device.type, enabled=amp):
                 fake = G_train(real, *condition)
-                loss_G, parts = _generator_objective(cfg, D, perceptual, real, fake, toon)
+                source = real if not condition else torch.cat(
+                    [real, condition_planes(real, *condition, len(dataset.styles))], 1)
+                loss_G, parts = _generator_objective(cfg, D, perceptual, source, fake, toon)
             opt_G.zero_grad(set_to_none=True)
             scaler.scale(loss_G).backward()
             _optimizer_step(opt_G, G, scaler, cfg.grad_clip)
@@ -397,7 +402,7 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
             if D is not None:
                 D.requires_grad_(True)
                 with torch.autocast(device.type, enabled=amp):
-                    loss_D, d_parts = discriminator_loss(D_train, real, fake, toon, cfg.gan_mode)
+                    loss_D, d_parts = discriminator_loss(D_train, source, fake, toon, cfg.gan_mode)
                 opt_D.zero_grad(set_to_none=True)
                 scaler.scale(loss_D).backward()
                 _optimizer_step(opt_D, D, scaler, cfg.grad_clip)

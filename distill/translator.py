@@ -328,7 +328,8 @@ class NLayerDiscriminator(nn.Module):
 class MultiscaleDiscriminator(nn.Module):
     """num_D PatchGANs on the image at full, 1/2, 1/4... resolution (3x3 average pooling between).
 
-    Input: concat(source, image) = [N, 6, H, W] in [-1, 1]. Output: one list per scale (full
+    Input: concat(source, image) = [N, 6, H, W] in [-1, 1] (a conditioned student's D: concat(source,
+    condition_planes, image), in_channels 6 + styles + 1). Output: one list per scale (full
     resolution first) of n_layers + 2 feature maps; the last map of each scale is the prediction.
     """
 
@@ -348,6 +349,18 @@ class MultiscaleDiscriminator(nn.Module):
                 x = self.downsample(x)
             outputs.append(net(x))
         return outputs
+
+
+def condition_planes(like: torch.Tensor, style: torch.Tensor, strength: torch.Tensor, styles: int) -> torch.Tensor:
+    """A conditioned student's condition as image planes for its discriminator: [N, styles + 1, H, W],
+    one-hot(style) times strength, then strength, constant over the H x W of `like` ([N, C, H, W]).
+
+    Concatenated with the source and the image, they let the discriminator judge a toon against
+    the style and strength asked for, so the adversarial loss can punish a wrong one; at strength
+    0 every style gives the same planes, as every style then asks for the photo."""
+    s = strength.to(like.dtype).reshape(-1, 1)
+    code = torch.cat([F.one_hot(style.long(), styles).to(like.dtype) * s, s], 1)
+    return code[:, :, None, None].expand(-1, -1, like.shape[2], like.shape[3])
 
 
 def count_flops(model: nn.Module, h: int, w: int) -> int:

@@ -7,8 +7,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from distill.blend import (BlendConfig, BlendError, blend_generators, blend_state_dicts, block_weights,
-                           layer_weights, parse_block_weights)
+from distill.blend import (BlendConfig, BlendError, at_strength, blend_generators, blend_state_dicts,
+                           block_weights, layer_weights, parse_block_weights)
 from distill.checkpoint import file_sha256, load_generator, read_metadata
 from distill.cli import app
 from runtime.common import UsageError
@@ -141,7 +141,7 @@ def test_cli_blend_writes_a_loadable_safetensors_with_provenance(teachers, tmp_p
     meta = read_metadata(out)["blend"]
     assert meta["base"] == {"file": BASE.name, "sha256": file_sha256(BASE)}
     assert meta["toon"] == {"file": "toon.safetensors", "sha256": file_sha256(toon_path)}
-    assert meta["config"] == {"swap_res": 16, "width": 0.5, "weights": None, "mapping_from": "base"}
+    assert meta["config"] == {"swap_res": 16, "width": 0.5, "weights": None, "mapping_from": "base", "strength": 1.0}
     assert meta["block_weights"]["b32"] == pytest.approx(1 / (1 + math.exp(-1)))
 
 
@@ -152,3 +152,25 @@ def test_cli_blend_refuses_a_bad_output_name(teachers, tmp_path):
     assert str(result.exception) == (f"{tmp_path / 'blended.pkl'}: the blended model is written as .safetensors\n"
                                      "  hint: use -o blended.safetensors")
     assert not (tmp_path / "blended.pkl").exists()
+
+
+def test_cli_blend_writes_the_blend_at_a_strength(teachers, tmp_path):
+    base, toon, toon_path = teachers
+    out = tmp_path / "blended.safetensors"
+    result = CliRunner().invoke(app, ["blend", "--base", str(BASE), "--toon", str(toon_path), "--swap-res", "16",
+                                      "--strength", "0.3", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    # The written blend is the full blend and the base interpolated at 0.3, tensor by tensor.
+    expected = at_strength(base.state_dict(), blend_generators(base, toon, BlendConfig(swap_res=16)).state_dict(), 0.3)
+    got = load_generator(out).state_dict()
+    assert all(torch.allclose(got[k], v, rtol=1e-5, atol=1e-6) for k, v in expected.items())    # float rounding
+    assert any(float((got[k] - v).abs().max()) > 1e-3 for k, v in base.state_dict().items())
+    meta = read_metadata(out)["blend"]
+    assert meta["config"]["strength"] == 0.3
+    assert meta["block_weights"] == {"b4": 0.7, "b8": 0.7, "b16": 0.7, "b32": 1.0}
+    with pytest.raises(BlendError) as e:
+        BlendConfig(strength=1.5)
+    assert e.value.reason == "strength must lie in [0, 1], got 1.5"
+    result = CliRunner().invoke(app, ["blend", "--base", str(BASE), "--toon", str(toon_path), "--strength", "2",
+                                      "-o", str(tmp_path / "other.safetensors")])
+    assert result.exit_code == 2 and not (tmp_path / "other.safetensors").exists()
