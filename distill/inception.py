@@ -168,10 +168,10 @@ class FIDInception(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-def expected_state() -> dict[str, torch.Size]:
-    """name -> shape of every tensor a weights file must hold (torchvision's names; BatchNorm's
+def expected_state() -> dict[str, torch.Tensor]:
+    """name -> tensor (its shape is what counts) of every tensor a weights file must hold (torchvision's names; BatchNorm's
     counter, the classifier and the aux head a file may carry besides are not needed)."""
-    return {k: v.shape for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}
+    return {k: v for k, v in FIDInception().state_dict().items() if not k.endswith("num_batches_tracked")}
 
 
 def load_inception(path: str | os.PathLike, device: torch.device | str = "cpu") -> FIDInception:
