@@ -183,8 +183,9 @@ def load_inception(path: str | os.PathLike, device: torch.device | str = "cpu") 
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InceptionError(f"it is not a readable torch state dict ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0] if str(err) else ''})", path, hint=HINT) from None
+        # only the kind of failure: torch's own text advises weights_only=False, which is unsafe
+        raise InceptionError(f"it is not a readable torch state dict ({type(err).__name__})", path,
+                             hint=HINT) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise InceptionError("it does not hold a state dict of tensors", path, hint=HINT)
     expected = expected_state()
