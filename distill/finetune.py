@@ -40,12 +40,13 @@ from distill.augment import AdaController, augment
 from distill.checkpoint import file_sha256, load_generator, save_generator
 from distill.device import resolve_device
 from distill.discriminator import Discriminator, load_discriminator, r1_penalty
+from distill.inception import features, fid, kid, load_inception
 from distill.pairs import pair_seed, sample_grid
 from distill.runs import RunFolder, check_resumable, rng_state, run_config, runs_setting, set_rng_state
 from distill.stylegan2 import Generator
 from distill.swd import sliced_wasserstein
 from distill.train import StepBatches, StopRequest
-from runtime.common import Interrupted, ToonifyError, UsageError, atomic_path, jsonable, progress
+from runtime.common import Interrupted, ToonifyError, UsageError, atomic_path, jsonable, note, progress
 from runtime.images import hwc_to_nchw, list_images, read_image, resize, write_image
 from runtime.options import resumable_fields, setting
 
@@ -88,6 +89,8 @@ class FinetuneConfig:
     swd_images: int = setting(256, "Images on each side of the sliced Wasserstein distance.", resumable=True)
     device: str = setting("auto", "auto (cuda:LOCAL_RANK when present), cpu, cuda, ...", resumable=True)
     log_every: int = setting(20, "Steps between lines of stats.jsonl.", resumable=True)
+    inception: Path | None = setting(None, "Local FID Inception weights (pytorch-fid's pt_inception-2015-12-05-*.pth): "
+                                     "KID and FID at each snapshot, over --swd-images images.", resumable=True)
 
     def __post_init__(self):
         checks = [(self.kimg > 0 and self.batch >= 1, "kimg must be positive and batch at least 1"),
@@ -235,6 +238,28 @@ def swd_to_images(G: Generator, reals: torch.Tensor, cfg: FinetuneConfig, device
     return sliced_wasserstein(reals[:n], torch.cat(fakes), seed=cfg.seed)
 
 
+class FolderMetrics:
+    """The distances of G's samples to the image folder logged at each snapshot: SWD always, KID and
+    FID when cfg.inception names local weights (the folder's features computed once)."""
+
+    def __init__(self, reals: torch.Tensor, cfg: FinetuneConfig, device: torch.device):
+        self.reals, self.cfg, self.device = reals, cfg, device
+        self.net = load_inception(cfg.inception, device) if cfg.inception is not None else None
+        self.real_feats = features(self.net, reals[:cfg.swd_images]) if self.net is not None else None
+
+    @torch.no_grad()
+    def __call__(self, G: Generator) -> dict[str, float]:
+        out = {f"metric/{k}": v for k, v in swd_to_images(G, self.reals, self.cfg, self.device).items()}
+        if self.net is not None:
+            fakes = torch.cat([render(G, sample_generators(self.cfg.seed, 0, list(range(s, min(s + 16, self.cfg.swd_images))),
+                                                           "swd"), 0.0, self.device)[0].clamp(-1, 1)
+                               for s in range(0, self.cfg.swd_images, 16)])
+            fake_feats = features(self.net, fakes)
+            out.update({"metric/kid": kid(self.real_feats, fake_feats, seed=self.cfg.seed),
+                        "metric/fid": fid(self.real_feats, fake_feats)})
+        return out
+
+
 def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_at: int | None = None) -> FinetuneResult:
     """Fine-tune cfg.base on cfg.images, or continue the run folder `resume` exactly where it stopped.
 
@@ -292,6 +317,10 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
         stop = recipe.total_steps if stop_at is None else min(stop_at, recipe.total_steps)
         order = StepBatches(len(reals_all), cfg.seed, per, rank, world, 0, 0)
 
+        metrics = FolderMetrics(reals_all, cfg, device) if rank == 0 else None
+        if rank == 0 and cfg.inception is None:
+            note("KID and FID are off: give --inception PATH (pytorch-fid's pt_inception-2015-12-05-*.pth) "
+                 "to log them beside SWD", "note")
         if rank == 0:
             run = RunFolder(Path(resume)) if resume is not None else RunFolder.create(
                 Path(cfg.output), f"finetune-{G.img_resolution}")
@@ -304,8 +333,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
                     f"process(es) on {device}, gamma {recipe.gamma:g}, lr {recipe.lr:g}, ema {recipe.ema_kimg:g} kimg, "
                     f"augment {cfg.augment}, D frozen: {cfg.freeze_d} block(s)")
             if state is None:
-                run.stats({"step": 0, "kimg": 0.0, **{f"metric/{k}": v for k, v in
-                                                      swd_to_images(G_ema, reals_all, cfg, device).items()}})
+                run.stats({"step": 0, "kimg": 0.0, **metrics(G_ema)})
             bar = progress("kimg")
             task = bar.add_task("fine-tuning", total=recipe.total_steps * cfg.batch / 1000,
                                 completed=start * cfg.batch / 1000)
@@ -324,8 +352,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
                 save_generator(G_ema, run.path / "snapshots" / f"{name}.safetensors", {**meta, "kimg": kimg})
                 write_image(run.path / "snapshots" / f"{name}.png",
                             sample_grid([base, G_ema], list(range(GRID_SEEDS)), 1.0, device))
-                run.stats({"step": done, "kimg": kimg, **{f"metric/{k}": v for k, v in
-                                                          swd_to_images(G_ema, reals_all, cfg, device).items()}})
+                run.stats({"step": done, "kimg": kimg, **metrics(G_ema)})
             with atomic_path(run.path / "checkpoints" / "latest.pt") as tmp:
                 torch.save({"step": done, "world_size": world, "G": G.state_dict(), "G_ema": G_ema.state_dict(),
                             "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),

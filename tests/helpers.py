@@ -377,3 +377,29 @@ def ddp_ranks(run, cfg, out: Path, world: int = 2) -> list[dict]:
 
 if __name__ == "__main__":
     _child(sys.argv[1:])
+
+
+def fake_inception_state(path: Path, drop: str | None = None, reshape: str | None = None) -> Path:
+    """A file with the FID Inception's real names and shapes (torchvision's, plus the classifier a
+    pytorch-fid file carries) and seeded random values; `drop` leaves one tensor out, `reshape`
+    gives one a wrong shape."""
+    import torch
+
+    from distill.inception import expected_state
+    gen = torch.Generator().manual_seed(0)
+    state = {}
+    for key, want in expected_state().items():
+        shape = want.shape
+        if key.endswith("conv.weight"):   # fan-in scaled, so 47 layers keep activations finite
+            state[key] = torch.randn(shape, generator=gen) / (shape[1] * shape[2] * shape[3]) ** 0.5
+        elif key.endswith(("bn.weight", "running_var")):
+            state[key] = torch.rand(shape, generator=gen) + 0.5
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.01
+    state["fc.weight"], state["fc.bias"] = torch.zeros(1008, 2048), torch.zeros(1008)
+    if drop:
+        del state[drop]
+    if reshape:
+        state[reshape] = state[reshape][..., :1]
+    torch.save(state, path)
+    return path

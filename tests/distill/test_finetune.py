@@ -15,8 +15,8 @@ from distill.discriminator import load_discriminator
 from distill.finetune import FinetuneConfig, FinetuneError, finetune
 from distill.runs import RunFolderError
 from distill.stylegan2 import architecture_difference
-from runtime.common import UsageError
-from tests.helpers import BASE, ddp_ranks, make_toon_folder
+from runtime.common import ToonifyError, UsageError
+from tests.helpers import BASE, ddp_ranks, fake_inception_state, make_toon_folder
 
 
 def tiny(images, out, **overrides) -> FinetuneConfig:
@@ -133,3 +133,18 @@ def test_two_ddp_processes_compute_what_one_does(toons, tmp_path):
     G_single = state(single.run_dir)["G"]
     for k, v in ranks[0]["G"].items():
         torch.testing.assert_close(v, G_single[k], rtol=1e-3, atol=1e-4)
+
+
+def test_kid_and_fid_are_logged_at_snapshots_with_local_inception_weights(toons, tmp_path, capsys):
+    weights = fake_inception_state(tmp_path / "pt_inception.pth")
+    result = finetune(tiny(toons, tmp_path / "runs", kimg=0.016, swd_images=8, inception=weights))
+    snaps = [s for s in stats(result.run_dir) if "metric/swd" in s]
+    assert [s["kimg"] for s in snaps] == [0.0, 0.016]
+    assert all(np.isfinite(s["metric/kid"]) and s["metric/fid"] > 0 for s in snaps)
+    assert "KID and FID are off" not in capsys.readouterr().out
+
+
+def test_a_bad_inception_file_stops_the_run_before_training(toons, tmp_path):
+    with pytest.raises(ToonifyError, match="Mixed_6b.branch1x1.conv.weight is in the FID Inception but not"):
+        finetune(tiny(toons, tmp_path / "runs", inception=fake_inception_state(
+            tmp_path / "bad.pth", drop="Mixed_6b.branch1x1.conv.weight")))
