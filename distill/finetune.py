@@ -228,14 +228,13 @@ def load_run_config(run_dir: str | os.PathLike) -> FinetuneConfig:
 
 
 @torch.no_grad()
-def swd_to_images(G: Generator, reals: torch.Tensor, cfg: FinetuneConfig, device: torch.device) -> dict[str, float]:
-    """distill.swd between cfg.swd_images images of the folder and as many samples of G (psi 1, seeded)."""
-    n = min(cfg.swd_images, len(reals))
+def metric_samples(G: Generator, cfg: FinetuneConfig, device: torch.device) -> torch.Tensor:
+    """cfg.swd_images samples of G (psi 1, seeded) in [-1, 1] on the CPU: the fakes every distance compares."""
     fakes = []
     for start in range(0, cfg.swd_images, 16):
         gens = sample_generators(cfg.seed, 0, list(range(start, min(start + 16, cfg.swd_images))), "swd")
         fakes.append(render(G, gens, 0.0, device)[0].clamp(-1, 1).cpu())
-    return sliced_wasserstein(reals[:n], torch.cat(fakes), seed=cfg.seed)
+    return torch.cat(fakes)
 
 
 class FolderMetrics:
@@ -249,11 +248,11 @@ class FolderMetrics:
 
     @torch.no_grad()
     def __call__(self, G: Generator) -> dict[str, float]:
-        out = {f"metric/{k}": v for k, v in swd_to_images(G, self.reals, self.cfg, self.device).items()}
+        # One set of samples for every distance: rendering them is the snapshot's largest cost.
+        fakes = metric_samples(G, self.cfg, self.device)
+        n = min(self.cfg.swd_images, len(self.reals))
+        out = {f"metric/{k}": v for k, v in sliced_wasserstein(self.reals[:n], fakes, seed=self.cfg.seed).items()}
         if self.net is not None:
-            fakes = torch.cat([render(G, sample_generators(self.cfg.seed, 0, list(range(s, min(s + 16, self.cfg.swd_images))),
-                                                           "swd"), 0.0, self.device)[0].clamp(-1, 1)
-                               for s in range(0, self.cfg.swd_images, 16)])
             fake_feats = features(self.net, fakes)
             out.update({"metric/kid": kid(self.real_feats, fake_feats, seed=self.cfg.seed),
                         "metric/fid": fid(self.real_feats, fake_feats)})
