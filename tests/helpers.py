@@ -339,14 +339,15 @@ def build_conditioned_model(path: Path, styles: tuple[str, ...] = ("cartoon", "u
     return path
 
 
-def make_recoloured_toon(path, mix=((0.2, 0.9, 0.0), (0.0, 0.3, 0.8), (0.9, 0.0, 0.3))):
-    """A stand-in toon fine-tune that a tiny student learns in a few hundred steps: the fixture
-    generator with every ToRGB layer's colours mixed by the 3x3 `mix`, saved to `path`.
-    Blended by resolution, the mix recolours the image's coarse or fine part. Returns the toon."""
+def make_recoloured_toon(path, mix=((0.2, 0.9, 0.0), (0.0, 0.3, 0.8), (0.9, 0.0, 0.3)), base: Path = BASE):
+    """A stand-in toon fine-tune that a tiny student learns in a few hundred steps: the generator
+    `base` with every ToRGB layer's colours mixed by the 3x3 `mix`, saved to `path`. Used whole,
+    the mix recolours every pixel; blended by resolution, the image's coarse or fine part.
+    Returns the toon."""
     import torch
 
     from distill.checkpoint import load_generator, save_generator
-    toon = load_generator(BASE)
+    toon = load_generator(base)
     with torch.no_grad():
         for key, p in toon.state_dict().items():
             if key.endswith(("torgb.weight", "torgb.bias")):
@@ -403,3 +404,21 @@ def fake_inception_state(path: Path, drop: str | None = None, reshape: str | Non
         state[reshape] = state[reshape][..., :1]
     torch.save(state, path)
     return path
+
+
+def make_unclipped_base(path: Path, gain: float = 0.35) -> Path:
+    """The 32 px NVlabs fixture with every ToRGB layer scaled by `gain`, saved to `path`. The
+    fixture is randomly initialised and most of its pixels lie outside [-1, 1], so they clip; a
+    trained generator's mostly lie inside. Scaled, its images keep their content and most pixels
+    stay in range, so a colour mix of them is a function of the image that a student can learn
+    (a clipped pixel hides the value the mix needs)."""
+    import torch
+
+    from distill.checkpoint import load_generator, save_generator
+    G = load_generator(BASE)
+    with torch.no_grad():
+        for key, p in G.state_dict().items():
+            if key.endswith(("torgb.weight", "torgb.bias")):
+                p.mul_(gain)
+    save_generator(G, path)
+    return Path(path)

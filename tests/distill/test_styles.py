@@ -7,7 +7,7 @@ import onnx
 import pytest
 import torch
 
-from distill.blend import BlendConfig, at_strength, blend_files, blend_generators, strength_weights
+from distill.blend import BlendConfig, at_strength, blend_generators, strength_weights
 from distill.checkpoint import load_generator
 from distill.evaluate import EvalConfig, evaluate_file
 from distill.export import ExportConfig, export_student
@@ -18,22 +18,33 @@ from distill.train import TrainConfig, train
 from runtime.common import UsageError
 from runtime.engine import Toonifier, read_model_info
 from runtime.images import grid_margins, hwc_to_nchw, nchw_to_hwc, read_image
-from tests.helpers import BASE, cli, make_recoloured_toon
+from tests.helpers import BASE, cli, make_recoloured_toon, make_unclipped_base
 
-STYLES = ("lowres", "highres")
+STYLES = ("gbr", "brg")
+MIXES = (((0.2, 0.9, 0.0), (0.0, 0.3, 0.8), (0.9, 0.0, 0.3)),      # red from green, green from blue, ...
+         ((0.3, 0.0, 0.9), (0.9, 0.2, 0.0), (0.0, 0.8, 0.3)))      # red from blue, green from red, ...
 
 
 def make_styles(folder):
-    """Two styles from one toon stand-in (recoloured, so a tiny student learns it in a few hundred
-    steps), blended two ways: its low-resolution blocks on the base, or its highest block."""
-    make_recoloured_toon(folder / "toon.safetensors")
-    blend_files(BASE, folder / "toon.safetensors", BlendConfig(swap_res=16), folder / "lowres.safetensors")
-    blend_files(BASE, folder / "toon.safetensors", BlendConfig(weights=(1, 1, 1, 0)), folder / "highres.safetensors")
+    """Two styles on a base whose pixels do not clip (make_unclipped_base, written beside them):
+    the base's colours mixed two ways at every resolution, each used whole (a blend that takes
+    every layer from its toon). A tiny student learns them in a few hundred steps, since each toon
+    pixel follows from its photo pixel. A blend by resolution would recolour only the image's coarse
+    or fine part, which a photo does not tell apart; a student can only guess that part, and its
+    guess falls short of full strength."""
+    base = make_unclipped_base(folder / "base.safetensors")
+    for name, mix in zip(STYLES, MIXES):
+        make_recoloured_toon(folder / f"{name}.safetensors", mix, base)
     return tuple((name, folder / f"{name}.safetensors") for name in STYLES)
 
 
+def base_of(styles):
+    return styles[0][1].with_name("base.safetensors")
+
+
 def styled_pairs(styles, out, **kwargs):
-    settings = dict(base=BASE, output=out, count=4, res=32, device="cpu", styles=styles, strengths=(0.0, 1.0))
+    settings = dict(base=base_of(styles), output=out, count=4, res=32, device="cpu", styles=styles,
+                    strengths=(0.0, 1.0))
     return generate_pairs(PairsConfig(**{**settings, **kwargs}))
 
 
@@ -74,9 +85,9 @@ def test_each_pair_draws_its_style_and_strength_from_seed_and_index(styles, tmp_
         assert (e["style"], e["style_index"], e["strength"]) == (STYLES[style], style, strength)
     assert len({e["style"] for e in entries}) == 2 and len({e["strength"] for e in entries}) == 4
     # The toon is the base and the style's blend interpolated at the pair's strength, from the same w+.
-    base = load_generator(BASE)
+    base = load_generator(base_of(styles))
     e = entries[0]
-    teacher = load_generator(BASE)
+    teacher = load_generator(base_of(styles))
     teacher.load_state_dict(at_strength(base.state_dict(), load_generator(styles[e["style_index"]][1]).state_dict(),
                                         e["strength"]))
     w = torch.from_numpy(np.load(tmp_path / "whole" / e["latent"]))[None]
@@ -95,15 +106,15 @@ def test_each_pair_draws_its_style_and_strength_from_seed_and_index(styles, tmp_
 ])
 def test_pairs_config_refuses_styles_that_make_no_sense(styles, tmp_path, kwargs, reason):
     with pytest.raises(PairsError) as e:
-        PairsConfig(**{**dict(base=BASE, output=tmp_path, count=1, styles=styles), **kwargs})
+        PairsConfig(**{**dict(base=base_of(styles), output=tmp_path, count=1, styles=styles), **kwargs})
     assert e.value.reason == reason
 
 
 def test_sample_shows_a_strength_sweep_that_starts_at_the_base(styles, tmp_path):
-    out = write_sample_grid(SampleConfig(networks=(BASE, styles[0][1]), output=tmp_path / "sweep.png", seeds=(3,),
+    out = write_sample_grid(SampleConfig(networks=(base_of(styles), styles[0][1]), output=tmp_path / "sweep.png", seeds=(3,),
                                          strengths=(0.0, 1.0), device="cpu"))
     # Strength 0 is the base's own image, strength 1 the blend's (the rows' labels are to the left).
-    expected = sample_grid([load_generator(BASE), load_generator(styles[0][1])], [3], 0.7, torch.device("cpu"))
+    expected = sample_grid([load_generator(base_of(styles)), load_generator(styles[0][1])], [3], 0.7, torch.device("cpu"))
     name = styles[0][1].stem
     left, top = grid_margins(row_labels=[f"{name} s=0", f"{name} s=1"], col_labels=["seed 3"])
     got = read_image(out)[0]
@@ -136,28 +147,25 @@ def psnr(a, b):
     return float(10 * np.log10(255 ** 2 / np.mean((a.astype(float) - b.astype(float)) ** 2)))
 
 
-MARGIN_DB = 1.0   # how much closer (PSNR) the student must be to the teacher asked for than to a wrong one
+MARGIN_DB = 2.0   # how much closer (PSNR) the student must be to the teacher asked for than to a wrong one
 
 
 def test_conditioned_student_follows_style_and_strength(styles, learned):
     """On held-out latents, at strengths 0, 0.5 and 1 of both styles: the student is closer to
     teacher(style, s) than to teacher(other style, s) (s > 0: at 0 both are the base), and than
-    to teacher(style, s') for |s - s'| >= 0.5, except from s = 1 toward s' = 0.5: this briefly
-    trained student under-applies full strength and lands nearer the midpoint teacher there
-    (printed, not asserted). A plain student of the same size trained as long on that one teacher
-    alone under-applies it too, so the gap comes from the student's size and steps, not from how
-    the condition enters. At strength 0 its output is closer to its input than at 1."""
+    to teacher(style, s') for every |s - s'| >= 0.5, each by MARGIN_DB. At strength 0 its output is
+    closer to its input than at 1."""
     pairs, student = learned
     model, info = load_student(student)
     assert info.styles == STYLES and info.config.styles == 2
-    base = load_generator(BASE)
+    base = load_generator(base_of(styles))
     blends = [load_generator(path).state_dict() for _, path in styles]
     val = read_manifest(pairs / "val")
     w = torch.from_numpy(np.stack([np.load(pairs / "val" / e["latent"]) for e in val]))
     real = np.stack([read_image(pairs / "val" / e["real"])[0] for e in val])
 
     def teacher(style, strength):
-        G = load_generator(BASE)
+        G = load_generator(base_of(styles))
         G.load_state_dict(at_strength(base.state_dict(), blends[style], strength))
         return nchw_to_hwc(synthesize(G, w).numpy())
 
@@ -178,8 +186,7 @@ def test_conditioned_student_follows_style_and_strength(styles, learned):
             print(f"{STYLES[k]} at {s}: {own:.2f} dB to its teacher; " + ", ".join(f"{v:.2f} dB to {name}"
                                                                               for name, v in wrong.items()))
             for name, score in wrong.items():
-                if not (s == 1.0 and name == "strength 0.5"):
-                    assert own > score + MARGIN_DB, (STYLES[k], s, name)
+                assert own > score + MARGIN_DB, (STYLES[k], s, name)
             if s == 0.0:
                 at_zero = psnr(out, real)
             if s == 1.0:
@@ -189,7 +196,7 @@ def test_conditioned_student_follows_style_and_strength(styles, learned):
 def test_folded_export_equals_the_conditioned_export(learned, tmp_path):
     pairs, student = learned
     conditioned = export_student(ExportConfig(student=student, output=tmp_path / "styles.onnx"))
-    folded = export_student(ExportConfig(student=student, output=tmp_path / "folded.onnx", style="highres",
+    folded = export_student(ExportConfig(student=student, output=tmp_path / "folded.onnx", style="brg",
                                          strength=0.6))
     assert max(conditioned["parity"].values()) < 1e-4 and max(folded["parity"].values()) < 1e-4
     graph = onnx.load(str(tmp_path / "styles.onnx"))
@@ -197,7 +204,7 @@ def test_folded_export_equals_the_conditioned_export(learned, tmp_path):
         ("input", onnx.TensorProto.FLOAT), ("style", onnx.TensorProto.INT64), ("strength", onnx.TensorProto.FLOAT)]
     info, folded_info = read_model_info(tmp_path / "styles.onnx"), read_model_info(tmp_path / "folded.onnx")
     assert info.style_names == STYLES and info.default_strength == 1.0
-    assert folded_info.style_names == () and folded_info.extra == {"style": "highres", "strength": "0.6"}
+    assert folded_info.style_names == () and folded_info.extra == {"style": "brg", "strength": "0.6"}
     assert [i.name for i in onnx.load(str(tmp_path / "folded.onnx")).graph.input] == ["input"]
     x = hwc_to_nchw(np.stack([read_image(p)[0] for p in sorted((pairs / "val" / "real").iterdir())]))
     a = Toonifier(tmp_path / "styles.onnx", "cpu").session.run(
@@ -205,9 +212,9 @@ def test_folded_export_equals_the_conditioned_export(learned, tmp_path):
     b = Toonifier(tmp_path / "folded.onnx", "cpu").session.run(["output"], {"input": x})[0]
     assert np.abs(a - b).max() < 1e-4
     u8 = nchw_to_hwc(x)
-    assert np.array_equal(Toonifier(tmp_path / "styles.onnx", "cpu").run(u8, style="highres", strength=0.6),
-                          Toonifier(tmp_path / "folded.onnx", "cpu").run(u8, style="highres", strength=0.6)) or \
-        np.abs(Toonifier(tmp_path / "styles.onnx", "cpu").run(u8, style="highres", strength=0.6).astype(int)
+    assert np.array_equal(Toonifier(tmp_path / "styles.onnx", "cpu").run(u8, style="brg", strength=0.6),
+                          Toonifier(tmp_path / "folded.onnx", "cpu").run(u8, style="brg", strength=0.6)) or \
+        np.abs(Toonifier(tmp_path / "styles.onnx", "cpu").run(u8, style="brg", strength=0.6).astype(int)
                - Toonifier(tmp_path / "folded.onnx", "cpu").run(u8).astype(int)).max() <= 1
 
 
@@ -230,11 +237,11 @@ def test_export_refuses_styles_a_student_does_not_have(tmp_path):
     plain = make_student(tmp_path / "plain.pt")
     G = build_generator("lite", styles=2)
     save_student(G, tmp_path / "styles.pt", StudentInfo(G.cfg, "lite", 32, styles=STYLES))
-    cases = [(plain, {"style": "lowres"}, "--style and --strength are for a conditioned student (trained on pairs "
+    cases = [(plain, {"style": "gbr"}, "--style and --strength are for a conditioned student (trained on pairs "
                                           "with styles); this one has a single style"),
              (tmp_path / "styles.pt", {"style": "pixar"}, "no style 'pixar' in this student"),
              (tmp_path / "styles.pt", {"strength": 0.5}, "--strength is folded in with a style"),
-             (tmp_path / "styles.pt", {"style": "lowres", "strength": 1.5}, "--strength must lie in [0, 1], got 1.5"),
+             (tmp_path / "styles.pt", {"style": "gbr", "strength": 1.5}, "--strength must lie in [0, 1], got 1.5"),
              (tmp_path / "styles.pt", {"int8": True}, "--int8 calibrates a one-input model: fold a style into it")]
     for student, kwargs, reason in cases:
         with pytest.raises(UsageError) as e:
@@ -251,12 +258,12 @@ def test_export_writes_the_default_strength_that_apps_use_when_none_is_given(lea
     assert read_model_info(out).default_strength == 0.3
     u8 = np.stack([read_image(p)[0] for p in sorted((pairs / "val" / "real").iterdir())])
     t = Toonifier(out, "cpu")
-    at_default = t.run(u8, style="lowres")
-    np.testing.assert_array_equal(at_default, t.run(u8, style="lowres", strength=0.3))
-    assert not np.array_equal(at_default, t.run(u8, style="lowres", strength=1.0))
+    at_default = t.run(u8, style="gbr")
+    np.testing.assert_array_equal(at_default, t.run(u8, style="gbr", strength=0.3))
+    assert not np.array_equal(at_default, t.run(u8, style="gbr", strength=1.0))
     # The command line: no --strength is the model's default; `info` lists it.
     photo = sorted((pairs / "val" / "real").iterdir())[0]
-    code, _, err = cli(capsys, photo, "--no-align", "-m", out, "--style", "lowres", "-o", tmp_path / "toon.png")
+    code, _, err = cli(capsys, photo, "--no-align", "-m", out, "--style", "gbr", "-o", tmp_path / "toon.png")
     assert code == 0, err
     np.testing.assert_array_equal(read_image(tmp_path / "toon.png")[0], at_default[0])
     code, text, _ = cli(capsys, "info", out)
@@ -264,7 +271,7 @@ def test_export_writes_the_default_strength_that_apps_use_when_none_is_given(lea
     rows = {c[1].strip(): c[2].strip() for c in cells}
     assert code == 0 and rows["default_strength"] == "0.3"
     # Folding a style without --strength folds the default strength in.
-    export_student(ExportConfig(student=student, output=tmp_path / "folded.onnx", style="lowres", default_strength=0.3))
+    export_student(ExportConfig(student=student, output=tmp_path / "folded.onnx", style="gbr", default_strength=0.3))
     assert read_model_info(tmp_path / "folded.onnx").extra["strength"] == "0.3"
     with pytest.raises(UsageError) as e:
         export_student(ExportConfig(student=student, output=tmp_path / "bad.onnx", default_strength=1.5))

@@ -8,7 +8,7 @@ from runtime.cli import main
 from runtime.common import UsageError
 from runtime.engine import EngineError, ModelInfo, Toonifier, read_model_info
 from runtime.images import hwc_to_nchw, nchw_to_hwc, write_image
-from runtime.video import parse_strength_ramp, strength_ramp
+from runtime.video import VideoConfig, convert_video, parse_strength_ramp, strength_ramp
 from tests.helpers import build_conditioned_model, build_model
 
 
@@ -108,3 +108,21 @@ def test_cli_converts_at_a_style_and_strength_and_info_lists_the_styles(conditio
     code, out, _ = cli(capsys, "info", conditioned)
     rows = {line.split("│")[1].strip(): line.split("│")[2].strip() for line in out.splitlines() if line.count("│") == 3}
     assert code == 0 and rows["styles"] == "cartoon,ukiyoe" and rows["default_strength"] == "0.25"
+
+
+def test_video_runs_at_the_models_default_strength_or_ramps_it_over_the_frames(conditioned, photos_dir, tmp_path):
+    """Three frames of the shared clip with a face, as aligned toon crops (PNG frames, exact)."""
+    def crops(name, strength=None):
+        cfg = VideoConfig(photos_dir / "short_hamilton_clip.mp4", tmp_path / name, conditioned, provider="cpu",
+                          start=4.0, max_frames=3, crop=True, style="ukiyoe", strength=strength)
+        report = convert_video(cfg)
+        assert report["faces_per_frame"] == [1, 1, 1]
+        return [np.asarray(Image.open(p)) for p in sorted((tmp_path / name).iterdir())]
+
+    at = {s: crops(f"at{s * 100:.0f}", (s, s)) for s in (0.0, 0.25, 0.5, 1.0)}
+    default = crops("default")
+    assert all(np.array_equal(a, b) for a, b in zip(default, at[0.25]))              # the model's 0.25
+    assert not any(np.array_equal(a, b) for a, b in zip(default, at[1.0]))
+    ramp = crops("ramp", (0.0, 1.0))                                                  # 0, 0.5, 1 over 3 frames
+    assert all(np.array_equal(ramp[i], at[s][i]) for i, s in enumerate((0.0, 0.5, 1.0)))
+    assert not np.array_equal(ramp[2], at[0.0][2])
