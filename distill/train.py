@@ -183,6 +183,21 @@ def collate(items: list):
     return failed[0] if failed else torch.utils.data.default_collate(items)
 
 
+def agreed_failure(failure: LoadFailure | None, device: torch.device) -> LoadFailure | None:
+    """This rank's failure to load its batch, or under torchrun the first rank's that failed, on
+    every rank: all of them then save the same step and stop together, where one rank leaving
+    alone would leave the others waiting for it in their step."""
+    if not dist.is_initialized():
+        return failure
+    flag = torch.tensor([float(failure is not None)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    if not flag.item():
+        return None
+    failures = [None] * dist.get_world_size()
+    dist.all_gather_object(failures, failure)
+    return next(f for f in failures if f is not None)
+
+
 def _generator_objective(cfg: TrainConfig, D: nn.Module | None, perceptual: PerceptualLoss | None,
                          real: torch.Tensor, fake: torch.Tensor, toon: torch.Tensor):
     """The student's loss and its parts (detached): pix2pixHD's terms that are on, plus L1."""
@@ -378,11 +393,11 @@ def _train_session(cfg: TrainConfig, resume: str | os.PathLike | None, stop_at: 
         interrupted = False
         for step in range(start, stop):
             batch = next(batches)
-            if isinstance(batch, LoadFailure):
-                if world == 1:         # under torchrun the other ranks are in their step: nothing to gather with
-                    checkpoint(done)
+            failure = agreed_failure(batch if isinstance(batch, LoadFailure) else None, device)
+            if failure is not None:
+                checkpoint(done)
                 where = f"; the state at step {done} is saved in {run.path}" if run is not None else ""
-                raise TrainError(batch.reason, batch.path, hint=(batch.hint or "replace or remove the file") + where)
+                raise TrainError(failure.reason, failure.path, hint=(failure.hint or "replace or remove the file") + where)
             real, toon, *condition = (t.to(device, non_blocking=True) for t in batch)
             lr = learning_rate(cfg, step)
             for group in [*opt_G.param_groups, *(opt_D.param_groups if opt_D else [])]:

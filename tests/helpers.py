@@ -18,6 +18,7 @@ import sys
 import stat
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -422,3 +423,31 @@ def make_unclipped_base(path: Path, gain: float = 0.35) -> Path:
                 p.mul_(gain)
     save_generator(G, path)
     return Path(path)
+
+
+def _ddp_failing_rank(rank: int, world: int, port: int, run, cfg, out: Path) -> None:
+    from runtime.common import ToonifyError
+    try:
+        _ddp_rank(rank, world, port, run, cfg, out)
+        error = None
+    except ToonifyError as e:
+        error = {"type": type(e).__name__, "reason": e.reason, "path": e.path, "hint": e.hint}
+    (out / f"rank{rank}.json").write_text(json.dumps(error))
+
+
+def ddp_failures(run, cfg, out: Path, world: int = 2, timeout: float = 120.0) -> list[dict | None]:
+    """`run(cfg)` in `world` gloo processes as ddp_ranks starts them, for a run that may fail: each
+    rank's ToonifyError as {"type", "reason", "path", "hint"} (None where it finished). Ranks still
+    running after `timeout` seconds (waiting for one another) are killed, and that is an AssertionError."""
+    import torch.multiprocessing as mp
+
+    from runtime.server import free_ports
+    context = mp.start_processes(_ddp_failing_rank, args=(world, free_ports(1)[0], run, cfg, out), nprocs=world,
+                                 join=False, start_method="spawn")
+    deadline = time.monotonic() + timeout
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            raise AssertionError(f"the {world} ranks were still running after {timeout:g} s: one waits for another")
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(world)]

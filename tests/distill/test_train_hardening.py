@@ -20,7 +20,7 @@ from distill.data import scan_pairs
 from distill.runs import TEMP_NAME, private_temp_folder
 from distill.train import TrainConfig, train
 from runtime.common import ToonifyError, UsageError, WriteError, partial_prefix
-from tests.helpers import BASE, cli, make_pair_folder, make_toon
+from tests.helpers import BASE, cli, ddp_failures, make_pair_folder, make_toon
 
 
 def tiny(pairs, out, **overrides) -> TrainConfig:
@@ -53,6 +53,19 @@ def test_a_pair_failing_to_decode_in_a_worker_names_the_file_and_saves_the_state
     assert e.value.path == str(bad) and e.value.reason.startswith("truncated or corrupt image")
     assert e.value.hint.endswith(f"; the state at step {saved} is saved in {run_dir}")
     assert "Traceback" not in str(e.value) and "worker" not in str(e.value) and 0 <= saved < 4
+
+
+def test_under_ddp_a_pair_failing_to_decode_stops_every_rank_at_one_saved_step(tmp_path):
+    """Whichever rank draws the bad pair, both stop with its error and rank 0 saves the step before it."""
+    pairs = make_pair_folder(tmp_path / "pairs")
+    bad = undecodable_png(pairs / "toon" / "000002.png")
+    errors = ddp_failures(train, tiny(pairs, tmp_path / "runs", batch_size=1, steps=40), tmp_path)
+    run_dir = tmp_path / "runs" / "00000-lite-32"
+    saved = torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=True)
+    assert saved["world_size"] == 2 and 0 <= saved["step"] < 4 and len(saved["rng"]) == 2
+    assert [(e["type"], e["path"]) for e in errors] == [("TrainError", str(bad))] * 2
+    assert errors[0]["reason"] == errors[1]["reason"] and errors[0]["reason"].startswith("truncated or corrupt image")
+    assert errors[0]["hint"].endswith(f"; the state at step {saved['step']} is saved in {run_dir}")
 
 
 def test_resume_after_a_kill_logs_every_step_once(tmp_path):
