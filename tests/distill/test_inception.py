@@ -1,5 +1,8 @@
 """KID and FID: against closed forms and a direct numpy computation on fixed numbers; the FID
-Inception built from a file with the real names and shapes, and refused with the exact reason."""
+Inception built from a file with the real names and shapes, its features against pytorch-fid's
+own network on the same weights (fid_reference.npz), and refused with the exact reason."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -49,6 +52,16 @@ def test_inception_loads_real_names_and_gives_2048_features(tmp_path):
     assert f.shape == (2, 2048) and torch.isfinite(f).all() and f.std() > 0
     u8 = ((x + 1) * 127.5).round().to(torch.uint8)
     assert torch.allclose(features(net, u8), features(net, u8.float() / 127.5 - 1))
+
+
+def test_features_match_pytorch_fids_own_network_on_the_same_weights(tmp_path):
+    """fid_reference.npz holds what pytorch-fid 0.3.0's InceptionV3 computes with these weights
+    (tests/distill/fid_reference.py says how it was made)."""
+    reference = np.load(Path(__file__).with_name("fid_reference.npz"))
+    net = load_inception(fake_inception_state(tmp_path / "pt_inception.pth"))
+    images = torch.from_numpy(reference["images"])
+    for x in (images, images.float() / 127.5 - 1):
+        np.testing.assert_allclose(features(net, x).numpy(), reference["features"], rtol=1e-4, atol=1e-7)
 
 
 @pytest.mark.parametrize("kind, reason", [
