@@ -79,8 +79,9 @@ class FinetuneConfig:
     pl_weight: float = setting(2.0, "Path-length regularisation weight (0 turns it off).")
     style_mixing: float = setting(0.9, "Probability that a sample mixes two latents.")
     ema_kimg: float | None = setting(None, "Half-life of G_ema in kimg (default: batch * 10 / 32).")
-    ema_rampup: float = setting(0.05, "G_ema's half-life is at most this times the images seen (0: no ramp; "
-                                      "NVlabs' resume turns it off).")
+    ema_rampup: float = setting(0.0, "G_ema's half-life is at most this times the images seen. 0 (no ramp: "
+                                     "the whole --ema-kimg from the first step, averaging G over its swings) is "
+                                     "NVlabs' setting for a run from a trained network; 0.05 its from-scratch one.")
     mbstd_group: int | None = setting(None, cli=False)   # minibatch-stddev group (default min(batch per process, 4))
     betas: tuple[float, float] = setting((0.0, 0.99), cli=False)
     r1_interval: int = setting(16, cli=False)

@@ -40,9 +40,11 @@ def toons(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def learned(toons, tmp_path_factory):
-    """20 steps of batch 4 toward the recoloured, posterised renders (no augmentation, no path length)."""
+    """20 steps of batch 4 toward the recoloured, posterised renders (no augmentation, no path length),
+    G_ema with NVlabs' from-scratch ramp (its half-life 0.05 of the images seen: G_ema follows G)."""
     return finetune(FinetuneConfig(base=BASE, images=toons, output=tmp_path_factory.mktemp("runs"), kimg=0.08,
-                                   augment="none", pl_weight=0, snap_kimg=0.08, swd_images=48, device="cpu"))
+                                   augment="none", pl_weight=0, snap_kimg=0.08, swd_images=48, device="cpu",
+                                   ema_rampup=0.05))
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +150,15 @@ def test_a_bad_inception_file_stops_the_run_before_training(toons, tmp_path):
     with pytest.raises(ToonifyError, match="Mixed_6b.branch1x1.conv.weight is in the FID Inception but not"):
         finetune(tiny(toons, tmp_path / "runs", inception=fake_inception_state(
             tmp_path / "bad.pth", drop="Mixed_6b.branch1x1.conv.weight")))
+
+
+def test_g_ema_has_its_whole_half_life_from_the_first_step(toons, tmp_path):
+    """No ramp by default (NVlabs' setting for a run from a trained network): after one step G_ema has
+    moved 1 - 0.5 ** (4 / 1250) of the way from the base to G (half-life 1.25 kimg at batch 4)."""
+    result = finetune(tiny(toons, tmp_path, kimg=0.004, freeze_d=0, swd_images=4))
+    base, G, G_ema = (m.state_dict() for m in (load_generator(BASE), result.G, result.G_ema))
+    key = "synthesis.b32.conv1.weight"
+    assert not torch.equal(G[key], base[key])
+    torch.testing.assert_close(G_ema[key], base[key] + (G[key] - base[key]) * (1 - 0.5 ** (4 / 1250)),
+                               rtol=0, atol=1e-6)
+
