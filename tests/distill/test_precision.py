@@ -6,8 +6,10 @@ import math
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 from distill.checkpoint import load_generator
+from distill.cli import app
 from distill.finetune import FinetuneConfig, FinetuneError, finetune
 from runtime.common import UsageError
 from tests.helpers import BASE, make_toon_folder
@@ -74,9 +76,11 @@ def test_bf16_trains_near_the_fp32_run(runs):
     assert json.loads((runs["fp32"] / "config.json").read_text())["config"]["precision"] == "fp32"
 
 
-def test_a_resumed_bf16_run_ends_bit_for_bit_as_a_straight_one(toons, runs, tmp_path):
+def test_a_resumed_bf16_run_keeps_its_precision_and_ends_bit_for_bit_as_a_straight_one(toons, runs, tmp_path):
     cfg = everything_on(toons, tmp_path, precision="bf16")
     first = finetune(cfg, stop_at=5)
+    refused = CliRunner().invoke(app, ["finetune", "--resume", str(first.run_dir), "--precision", "fp32"])
+    assert isinstance(refused.exception, UsageError) and "leave out --precision" in str(refused.exception)
     resumed = finetune(cfg, resume=first.run_dir)
     a, b = state(runs["bf16"]), state(resumed.run_dir)
     assert resumed.step == 8 and "scaler_G" not in b
