@@ -329,7 +329,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
                 target.load_state_dict(state[key])
             pl_mean = state["pl_mean"].to(device)
             for key, scaler in scalers.items():
-                if scaler is not None and state.get(key):   # empty when saved before the first step
+                if scaler is not None:
                     scaler.load_state_dict(state[key])
             if len(state["rng"]) == world:
                 set_rng_state(state["rng"][rank])
