@@ -37,9 +37,11 @@ BASE = ROOT.parent / "shared" / "fixtures" / "stylegan2" / "nvlabs_sg2ada_32.pkl
 RESULTS = ROOT / "bench" / "results" / "finetune_curve.json"
 SWD_IMAGES = 48
 # name -> FinetuneConfig overrides: today's default (G_ema without ramp-up), NVlabs' from-scratch
-# ramp (the default before), and with the ramp a lower lr, a larger R1 gamma, a folder of 256.
+# ramp (the default before), and with the ramp a lower lr, a larger R1 gamma, a folder of 256, ADA
+# with a p that can move within the run.
 CASES = {"default": {}, "ramp": {"ema_rampup": 0.05}, "ramp-lr": {"ema_rampup": 0.05, "lr": 0.001},
-         "ramp-gamma": {"ema_rampup": 0.05, "gamma": 5.0}, "ramp-256": {"ema_rampup": 0.05, "images": 256}}
+         "ramp-gamma": {"ema_rampup": 0.05, "gamma": 5.0}, "ramp-256": {"ema_rampup": 0.05, "images": 256},
+         "ramp-ada": {"ema_rampup": 0.05, "augment": "ada", "ada_kimg": 0.5}}
 
 
 @torch.no_grad()
