@@ -26,7 +26,7 @@ PIP := $(PY) -m pip --disable-pip-version-check -q
 STAMP := $(VENV)/.installed
 ORT_OTHER := $(if $(filter gpu,$(ORT)),onnxruntime,onnxruntime-gpu)
 
-.PHONY: install web-deps triton-deps demo test test-all bench clean
+.PHONY: install web-deps triton-deps demo test test-long test-all bench clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ demo: $(STAMP)
 
 test: $(STAMP) web-deps triton-deps
 	$(PY) -m pytest -q
+
+# The tests marked `long` (a few hundred fine-tuning steps): CI runs them after `make test`.
+test-long: $(STAMP)
+	$(PY) -m pytest -q -m long
 
 test-all: $(STAMP) web-deps triton-deps
 	$(PY) -m pytest -q -m ""

@@ -12,6 +12,8 @@ everything D sees. The defaults NVlabs' 'auto' config derives from the resolutio
 resolved at the start and written to config.json. G and G_ema start from the base's G_ema, D from
 its D (or, for files without one, a new one: distill.discriminator). `mapping.w_avg` follows the
 mean w as in NVlabs (beta 0.995).
+`--precision bf16|fp16` runs the G and D forward passes under autocast (distill.precision); the
+regularisers stay fp32.
 
 A run folder (runs/00004-finetune-256/, like `distill train`'s): config.json, log.txt, stats.jsonl,
 tensorboard/, checkpoints/latest.pt (the training state), finetuned.safetensors (the latest G_ema,
@@ -42,6 +44,7 @@ from distill.device import resolve_device
 from distill.discriminator import Discriminator, load_discriminator, r1_penalty
 from distill.inception import features, fid, kid, load_inception
 from distill.pairs import pair_seed, sample_grid
+from distill.precision import PRECISIONS, autocast, check_precision, grad_scaler
 from distill.runs import RunFolder, check_resumable, rng_state, run_config, runs_setting, set_rng_state
 from distill.stylegan2 import Generator
 from distill.swd import sliced_wasserstein
@@ -76,14 +79,18 @@ class FinetuneConfig:
     pl_weight: float = setting(2.0, "Path-length regularisation weight (0 turns it off).")
     style_mixing: float = setting(0.9, "Probability that a sample mixes two latents.")
     ema_kimg: float | None = setting(None, "Half-life of G_ema in kimg (default: batch * 10 / 32).")
-    ema_rampup: float = setting(0.05, "G_ema's half-life is at most this times the images seen (0: no ramp; "
-                                      "NVlabs' resume turns it off).")
+    ema_rampup: float = setting(0.0, "G_ema's half-life is at most this times the images seen. 0 (no ramp: "
+                                     "the whole --ema-kimg from the first step, averaging G over its swings) is "
+                                     "NVlabs' setting for a run from a trained network; 0.05 its from-scratch one.")
     mbstd_group: int | None = setting(None, cli=False)   # minibatch-stddev group (default min(batch per process, 4))
     betas: tuple[float, float] = setting((0.0, 0.99), cli=False)
     r1_interval: int = setting(16, cli=False)
     pl_interval: int = setting(4, cli=False)
     ada_interval: int = setting(4, cli=False)
     seed: int = setting(0, "Seed of every latent, noise and augmentation draw, and of the data order.")
+    precision: str = setting("fp32", "fp32, bf16 (autocast of the G and D forward passes; CUDA or CPU) or fp16 "
+                                     "(autocast and loss scaling; CUDA only). R1 and path length stay fp32. "
+                                     "A resumed run keeps its own.")
     # Settings that change nothing the run computes: a resumed run may give other values for these.
     snap_kimg: float = setting(4.0, "kimg between snapshots (weights, grid, SWD) and checkpoints.", resumable=True)
     swd_images: int = setting(256, "Images on each side of the sliced Wasserstein distance.", resumable=True)
@@ -95,6 +102,7 @@ class FinetuneConfig:
     def __post_init__(self):
         checks = [(self.kimg > 0 and self.batch >= 1, "kimg must be positive and batch at least 1"),
                   (self.augment in AUGMENT_MODES, f"augment must be one of {AUGMENT_MODES}, got {self.augment!r}"),
+                  (self.precision in PRECISIONS, f"precision must be one of {PRECISIONS}, got {self.precision!r}"),
                   (self.freeze_d >= 0, f"freeze_d counts blocks, got {self.freeze_d}"),
                   (self.gamma is None or self.gamma >= 0, f"gamma must be >= 0, got {self.gamma}"),
                   (self.lr is None or self.lr > 0, f"lr must be positive, got {self.lr}"),
@@ -209,11 +217,19 @@ def _sync_grads(params: list[nn.Parameter], world: int) -> None:
             g.copy_(part.reshape(g.shape))
 
 
-def _phase(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor, world: int) -> None:
+def _phase(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor, world: int,
+           scaler: torch.amp.GradScaler | None = None) -> None:
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    if scaler is None:
+        loss.backward()
+        _sync_grads(params, world)
+        opt.step()
+        return
+    # The scaled gradients are averaged before the scaler checks them: every rank skips the same steps.
+    scaler.scale(loss).backward()
     _sync_grads(params, world)
-    opt.step()
+    scaler.step(opt)
+    scaler.update()
 
 
 def _adam(params: list[nn.Parameter], lr: float, betas: tuple[float, float], interval: int | None):
@@ -274,6 +290,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
     if cfg.batch % world:
         raise UsageError(f"--batch {cfg.batch} does not split over {world} processes", hint="use a multiple of them")
     device = resolve_device(cfg.device)
+    check_precision(cfg.precision, device)
     own_group = world > 1 and not dist.is_initialized()
     if own_group:
         if device.type == "cuda":
@@ -303,6 +320,7 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
         opt_D = _adam(D_params, recipe.lr, cfg.betas, cfg.r1_interval if recipe.gamma > 0 else None)
         ada = AdaController(cfg.target, cfg.batch, cfg.ada_interval, cfg.ada_kimg)
         pl_mean = torch.zeros([], device=device)
+        scalers = {"scaler_G": grad_scaler(cfg.precision, device), "scaler_D": grad_scaler(cfg.precision, device)}
         state = None
         if resume is not None:
             state = torch.load(Path(resume) / "checkpoints" / "latest.pt", map_location=device, weights_only=True)
@@ -310,6 +328,9 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
                                 (ada, "ada")):
                 target.load_state_dict(state[key])
             pl_mean = state["pl_mean"].to(device)
+            for key, scaler in scalers.items():
+                if scaler is not None:
+                    scaler.load_state_dict(state[key])
             if len(state["rng"]) == world:
                 set_rng_state(state["rng"][rank])
         start = state["step"] if state else 0
@@ -355,7 +376,8 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
             with atomic_path(run.path / "checkpoints" / "latest.pt") as tmp:
                 torch.save({"step": done, "world_size": world, "G": G.state_dict(), "G_ema": G_ema.state_dict(),
                             "D": D.state_dict(), "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                            "ada": ada.state_dict(), "pl_mean": pl_mean, "rng": rng}, tmp)
+                            "ada": ada.state_dict(), "pl_mean": pl_mean, "rng": rng,
+                            **{k: s.state_dict() for k, s in scalers.items() if s is not None}}, tmp)
             save_generator(G_ema, run.path / "finetuned.safetensors", {**meta, "kimg": kimg, "run": run.path.name})
 
         snap_nimg = round(cfg.snap_kimg * 1000)
@@ -370,12 +392,14 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
             # Gmain: G against a D that only passes gradients through.
             D.requires_grad_(False)
             gens = sample_generators(cfg.seed, step, mine, "G")
-            fake, ws = render(G, gens, cfg.style_mixing, device)
-            loss = F.softplus(-D(augment(fake, p, gens))).mean()
-            _phase(opt_G, G_params, loss, world)
+            with autocast(cfg.precision, device):
+                fake, ws = render(G, gens, cfg.style_mixing, device)
+                logits = D(augment(fake, p, gens))
+            loss = F.softplus(-logits.float()).mean()
+            _phase(opt_G, G_params, loss, world, scalers["scaler_G"])
             parts["loss/G"] = loss.detach()
             with torch.no_grad():   # NVlabs tracks the mean w for truncation
-                w_mean = _all_mean(ws[:, 0].detach().mean(0), world)
+                w_mean = _all_mean(ws[:, 0].detach().float().mean(0), world)
                 G.mapping.w_avg.copy_(w_mean.lerp(G.mapping.w_avg, 0.995))
 
             # Greg: path-length regularisation on half a batch, every pl_interval steps.
@@ -398,13 +422,14 @@ def finetune(cfg: FinetuneConfig, resume: str | os.PathLike | None = None, stop_
             for q in D_params:
                 q.requires_grad_(True)
             gens = sample_generators(cfg.seed, step, mine, "D")
-            with torch.no_grad():
-                fake, _ = render(G, gens, cfg.style_mixing, device)
-            logits_fake = D(augment(fake, p, gens))
-            logits_real = D(augment(reals, p, sample_generators(cfg.seed, step, mine, "real")))
+            with autocast(cfg.precision, device):
+                with torch.no_grad():
+                    fake, _ = render(G, gens, cfg.style_mixing, device)
+                logits_fake = D(augment(fake, p, gens)).float()
+                logits_real = D(augment(reals, p, sample_generators(cfg.seed, step, mine, "real"))).float()
             ada.accumulate(logits_real)
             loss = F.softplus(logits_fake).mean() + F.softplus(-logits_real).mean()
-            _phase(opt_D, D_params, loss, world)
+            _phase(opt_D, D_params, loss, world, scalers["scaler_D"])
             parts.update({"loss/D": loss.detach(), "D/real": logits_real.detach().mean(),
                           "D/fake": logits_fake.detach().mean()})
 
