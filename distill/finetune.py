@@ -220,16 +220,14 @@ def _sync_grads(params: list[nn.Parameter], world: int) -> None:
 def _phase(opt: torch.optim.Optimizer, params: list[nn.Parameter], loss: torch.Tensor, world: int,
            scaler: torch.amp.GradScaler | None = None) -> None:
     opt.zero_grad(set_to_none=True)
-    if scaler is None:
-        loss.backward()
-        _sync_grads(params, world)
-        opt.step()
-        return
-    # The scaled gradients are averaged before the scaler checks them: every rank skips the same steps.
-    scaler.scale(loss).backward()
+    (loss if scaler is None else scaler.scale(loss)).backward()
+    # Scaled gradients are averaged before the scaler checks them: every rank skips the same steps.
     _sync_grads(params, world)
-    scaler.step(opt)
-    scaler.update()
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
 
 
 def _adam(params: list[nn.Parameter], lr: float, betas: tuple[float, float], interval: int | None):
